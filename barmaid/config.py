@@ -1,0 +1,161 @@
+"""The machine's configuration: typed, immutable, validated once at start-up.
+
+A wrong key or value stops barmaid before any pump is touched, with a message naming the key,
+the value and what is allowed. Every key is optional; command-line flags win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+#: BCM numbers of the 8 default pumps: free of I2C, SPI and UART, on the header's last rows.
+DEFAULT_GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
+#: A 12 V diaphragm pump moves about 1.2 l/min.
+DEFAULT_FLOW_ML_S = 20.0
+#: The tube of pump 0 is the shortest; each next pump sits 1 ml of tube further from the outlet.
+DEFAULT_PRIME_ML = tuple(8.0 + i for i in range(8))
+
+
+class ServerConfig(BaseModel):
+    model_config = _STRICT
+
+    host: str = "0.0.0.0"
+    port: int = Field(8765, ge=1, le=65535)
+    status_interval: float = Field(1.0, gt=0, le=60)
+    #: Larger frames are refused (close 1009) before their payload is read.
+    max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: One more connection is refused with close 1013.
+    max_clients: int = Field(32, ge=1, le=1000)
+    #: None: any Origin (GUIs run from file:// or a kiosk); else the Origin headers accepted.
+    allowed_origins: Optional[tuple[str, ...]] = None
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins_as_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class DriverConfig(BaseModel):
+    model_config = _STRICT
+
+    kind: Literal["sim", "pigpio"] = "sim"
+    #: None: pigpio's own PIGPIO_ADDR / PIGPIO_PORT, else localhost:8888.
+    host: Optional[str] = None
+    port: Optional[int] = Field(None, ge=1, le=65535)
+    active_low: bool = False
+
+    def daemon_address(self) -> tuple[str, int]:
+        host = self.host or os.environ.get("PIGPIO_ADDR") or "localhost"
+        port = self.port or int(os.environ.get("PIGPIO_PORT") or 8888)
+        return host, port
+
+
+class LimitsConfig(BaseModel):
+    model_config = _STRICT
+
+    max_cup_size: float = Field(1.0, gt=0, le=20)
+    #: No pump is ever commanded on for longer than this, whatever the request.
+    max_pump_seconds: float = Field(120.0, gt=0, le=1800)
+
+
+class PumpConfig(BaseModel):
+    model_config = _STRICT
+
+    gpio: int = Field(ge=0, le=53)
+    flow_ml_s: float = Field(DEFAULT_FLOW_ML_S, gt=0, le=1000)
+    prime_ml: float = Field(8.0, ge=0, le=1000)
+
+
+def _default_pumps() -> tuple[PumpConfig, ...]:
+    return tuple(PumpConfig(gpio=g, prime_ml=p) for g, p in zip(DEFAULT_GPIOS, DEFAULT_PRIME_ML))
+
+
+class Config(BaseModel):
+    model_config = _STRICT
+
+    server: ServerConfig = ServerConfig()
+    driver: DriverConfig = DriverConfig()
+    limits: LimitsConfig = LimitsConfig()
+    #: List position is the pump number the protocol uses.
+    pumps: tuple[PumpConfig, ...] = Field(default_factory=_default_pumps, min_length=1, max_length=32)
+
+    @field_validator("pumps", mode="before")
+    @classmethod
+    def _pumps_as_tuple(cls, value: Any) -> Any:
+        # YAML gives a list; strict mode wants the declared tuple.
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _distinct_gpios(self) -> "Config":
+        seen: dict[int, int] = {}
+        for number, pump in enumerate(self.pumps):
+            if pump.gpio in seen:
+                raise ValueError(
+                    f"pumps.{number}.gpio = {pump.gpio} is already used by pump {seen[pump.gpio]};"
+                    " every pump needs its own GPIO"
+                )
+            seen[pump.gpio] = number
+        return self
+
+
+def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, dict[str, Any]]] = None) -> Config:
+    """Read the YAML file (if any), apply command-line overrides, and validate.
+
+    Args:
+        path: the YAML file; None for the built-in defaults.
+        overrides: section -> key -> value, from command-line flags; None values are ignored.
+
+    Raises:
+        ConfigError: naming the file, the key, the value and what is allowed.
+    """
+    source = str(path) if path else "defaults"
+    raw: Any = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for section, values in (overrides or {}).items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            current = raw.get(section) if isinstance(raw.get(section), dict) else {}
+            raw[section] = {**current, **given}
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in exc.errors())) from None
+
+
+def _describe(err: Any) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = key.rpartition(".")[0]
+        allowed = _allowed_keys(err["loc"][:-1])
+        where = f" in {parent}" if parent else ""
+        return f"unknown key {key!r}{where}; allowed: {', '.join(allowed)}"
+    if err["type"] == "value_error":
+        return err["msg"].removeprefix("Value error, ")
+    return f"{key} = {err['input']!r}: {err['msg'][0].lower()}{err['msg'][1:]}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        model = getattr(annotation, "__args__", (annotation,))[0] if part == "pumps" else annotation
+    return list(model.model_fields)

@@ -1,0 +1,83 @@
+"""The pump driver interface: what every backend (simulated, pigpio) must guarantee.
+
+It speaks in whole pours (pump -> seconds) so that a backend can time them itself: a pour
+handed to the pigpio daemon ends on time even if barmaid dies in the middle of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Callable, Mapping, Optional, Sequence
+
+from ..errors import PourRejected
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+#: pump number -> seconds that pump runs; every pump starts at the same instant.
+Plan = Mapping[int, float]
+
+
+class Driver(ABC):
+    """Switches the pumps.
+
+    A driver MUST:
+      - leave every pump off once constructed (and once it (re)connects to its hardware);
+      - time each pour itself: `pour` returns at once, every pump of the plan starts at one
+        instant and stops by itself after its seconds, whether or not the caller lives on;
+      - `halt`: stop the pour in progress and switch every pump off; idempotent, any time;
+      - `close`: halt, then release the hardware; idempotent;
+      - refuse in `check`, before anything moves, a plan it cannot time exactly.
+    A driver MAY:
+      - report `available` False while its hardware is out of reach; `pour` then raises
+        PumpsUnavailable;
+      - call `on_lost(reason)` when the hardware goes away mid-pour (from any thread).
+    """
+
+    #: Called with a reason when the hardware is lost mid-pour; set by the owner.
+    on_lost: Optional[Callable[[str], None]] = None
+
+    def __init__(self, gpios: Sequence[int], max_pump_seconds: float) -> None:
+        self.gpios = tuple(gpios)
+        self.max_pump_seconds = max_pump_seconds
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    def check(self, plan: Plan) -> None:
+        """Raises PourRejected if the plan cannot be poured exactly; moves nothing."""
+        for pump, seconds in plan.items():
+            if not 0 <= pump < len(self.gpios):
+                raise PourRejected(f"pump {pump} is not configured (pumps 0 to {len(self.gpios) - 1})")
+            if not 0 < seconds <= self.max_pump_seconds:
+                raise PourRejected(
+                    f"pump {pump} would run {seconds:.1f} s, over limits.max_pump_seconds"
+                    f" ({self.max_pump_seconds:g} s); pour less or raise the limit"
+                )
+        if not plan:
+            raise PourRejected("nothing to pour")
+
+    @abstractmethod
+    def pour(self, plan: Plan) -> float:
+        """Starts the pour and returns its start on time.monotonic(); does not wait for it.
+
+        Raises:
+            PourRejected: the plan cannot be poured (see `check`); nothing moved.
+            PumpsUnavailable: the hardware cannot be reached; nothing moved.
+        """
+
+    @abstractmethod
+    def halt(self) -> None:
+        """Stops any pour now: every pump off."""
+
+    def close(self) -> None:
+        """Halts and releases the hardware. Idempotent."""
+        self.halt()
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

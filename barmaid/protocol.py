@@ -1,0 +1,227 @@
+"""The WebSocket protocol: every message in and out, as typed models, validated at the edge.
+
+The inside of barmaid never sees a raw dict from the network: `parse` turns a frame into one
+request model or raises BadMessage with a sentence the GUI can show as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from .errors import BadMessage
+
+#: Ratios are floats; 0.35 + 0.65 must not count as more than a full cup.
+RATIO_SUM_TOLERANCE = 1e-6
+_DIGITS = re.compile(r"[0-9]{1,3}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request is checked against: the configured pumps and the largest cup."""
+
+    pumps: int
+    max_cup_size: float
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int in Python but not a number in JSON.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return info.context["limits"]
+
+
+def pump_number(value: Any, limits: Limits, field: str = "pump") -> int:
+    """A configured pump's number from an int or a string of decimal digits (the GUI sends "0").
+
+    Raises:
+        ValueError: naming the field, the value and the range allowed.
+    """
+    allowed = f"a pump number from 0 to {limits.pumps - 1}"
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ValueError(f"{field} must be {allowed}, got {json.dumps(value)}")
+    if not 0 <= number < limits.pumps:
+        raise ValueError(f"{field} {json.dumps(value)} is not a configured pump; use {allowed}")
+    return number
+
+
+class Request(BaseModel):
+    """A message from a client. `type` is the protocol's name for it."""
+
+    model_config = ConfigDict(frozen=True)
+    type: ClassVar[str]
+    #: False: the message may come without `data` (and `data` is then None).
+    needs_data: ClassVar[bool] = True
+    #: Seed messages are the original protocol; a seed-only GUI never sees the others.
+    seed: ClassVar[bool] = False
+
+
+class Echo(Request):
+    """Sends `data` back to the sender, exactly as it came, at any time."""
+
+    type: ClassVar[str] = "echo"
+    needs_data: ClassVar[bool] = False
+    seed: ClassVar[bool] = True
+    data: Any = None
+
+
+class Blend(Request):
+    """Pours a cup: every pump with a ratio > 0 runs cup_size*1000*ratio/flow seconds."""
+
+    type: ClassVar[str] = "blend"
+    seed: ClassVar[bool] = True
+    cup_size: float = Field(description="litres, > 0 and <= limits.max_cup_size")
+    ratios: dict[int, float] = Field(description='pump number (as a string, "0") -> share of the cup, 0..1')
+
+    @field_validator("cup_size", mode="before")
+    @classmethod
+    def _cup_size(cls, value: Any, info: ValidationInfo) -> float:
+        top = _limits(info).max_cup_size
+        if not _is_number(value) or not math.isfinite(value):
+            raise ValueError(f"cup_size must be a number of litres (> 0 and <= {top}), got {json.dumps(value)}")
+        if not 0 < value <= top:
+            raise ValueError(f"cup_size must be > 0 and <= {top} litres, got {value}")
+        return float(value)
+
+    @field_validator("ratios", mode="before")
+    @classmethod
+    def _ratios(cls, value: Any, info: ValidationInfo) -> dict[int, float]:
+        limits = _limits(info)
+        if not isinstance(value, dict):
+            raise ValueError(f'ratios must be an object like {{"0": 0.5, "3": 0.5}}, got {json.dumps(value)}')
+        ratios: dict[int, float] = {}
+        for key, ratio in value.items():
+            pump = pump_number(key, limits, field="ratios key")
+            if pump in ratios:
+                raise ValueError(f"ratios name pump {pump} twice")
+            if not _is_number(ratio) or not math.isfinite(ratio) or not 0 <= ratio <= 1:
+                raise ValueError(f"ratio of pump {key} must be a number from 0 to 1, got {json.dumps(ratio)}")
+            ratios[pump] = float(ratio)
+        total = sum(ratios.values())
+        if total > 1 + RATIO_SUM_TOLERANCE:
+            raise ValueError(f"ratios add up to {total:g}, more than a full cup (1); lower them")
+        if total <= 0:
+            raise ValueError("nothing to pour: give at least one pump a ratio > 0")
+        return {pump: ratio for pump, ratio in ratios.items() if ratio > 0}
+
+
+class Refill(Request):
+    """Primes the tube of one pump after its bottle was changed: prime_ml at its flow."""
+
+    type: ClassVar[str] = "refill"
+    seed: ClassVar[bool] = True
+    pump: int = Field(description='pump number, an integer or a string of digits ("4")')
+
+    @field_validator("pump", mode="before")
+    @classmethod
+    def _pump(cls, value: Any, info: ValidationInfo) -> int:
+        return pump_number(value, _limits(info))
+
+
+REQUESTS: dict[str, type[Request]] = {cls.type: cls for cls in (Blend, Refill, Echo)}
+
+
+def parse(frame: str, limits: Limits) -> Request:
+    """Turns one text frame into a request.
+
+    Raises:
+        BadMessage: what was wrong, in words a GUI can show.
+    """
+    try:
+        message = json.loads(frame)
+    except (ValueError, RecursionError):
+        raise BadMessage(f'not JSON: send an object like {{"type": "echo", "data": "hi"}}, got {_clip(frame)}') from None
+    if not isinstance(message, dict):
+        raise BadMessage(f'a message must be a JSON object with "type" and "data", got {_clip(frame)}')
+    kind = message.get("type")
+    known = ", ".join(REQUESTS)
+    if "type" not in message:
+        raise BadMessage(f'missing "type": expected one of {known}')
+    if not isinstance(kind, str):
+        raise BadMessage(f'"type" must be a string, one of {known}; got {_clip(json.dumps(kind))}')
+    model = REQUESTS.get(kind)
+    if model is None:
+        raise BadMessage(f'unknown type {_clip(json.dumps(kind))}: expected one of {known}')
+    data = message.get("data")
+    if model is Echo:
+        return Echo(data=data)
+    if data is None and not model.needs_data:
+        data = {}
+    if not isinstance(data, dict):
+        what = "missing" if data is None else f"must be an object, got {_clip(json.dumps(data))}"
+        raise BadMessage(f'{kind}: "data" {what}; expected {_example(model)}')
+    try:
+        return model.model_validate(data, context={"limits": limits})
+    except ValidationError as exc:
+        raise BadMessage(f"{kind}: {_first_error(exc, model)}") from None
+
+
+def _first_error(exc: ValidationError, model: type[Request]) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "missing":
+        return f'missing "{field}"; expected {_example(model)}'
+    if err["type"] == "value_error":
+        return err["msg"].removeprefix("Value error, ")
+    return f"{field}: {err['msg']}"
+
+
+def _example(model: type[Request]) -> str:
+    fields = ", ".join(f'"{name}": ...' for name in model.model_fields)
+    return "{" + fields + "}"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- messages from the server -------------------------------------------------------------
+
+
+class Reply(BaseModel):
+    """A message to clients: `{"type": <type>, "data": <model fields>}`."""
+
+    model_config = ConfigDict(frozen=True)
+    type: ClassVar[str]
+    seed: ClassVar[bool] = False
+
+    def frame(self) -> str:
+        return json.dumps({"type": self.type, "data": self.model_dump(mode="json", exclude_none=True)})
+
+
+class Status(Reply):
+    """Progress of the running action, to every client; remaining_time 0 exactly once, at the end."""
+
+    type: ClassVar[str] = "status"
+    seed: ClassVar[bool] = True
+    remaining_time: int = Field(ge=0, description="whole seconds to the end, rounded up")
+    action: Optional[Literal["blend", "refill"]] = None
+    initial_time: Optional[int] = Field(None, ge=0, description="remaining_time of the first status")
+
+
+class Error(Reply):
+    """Something the sender asked for cannot be done; `msg` says what and what to do."""
+
+    type: ClassVar[str] = "error"
+    seed: ClassVar[bool] = True
+    msg: str
+
+
+def echo_frame(data: Any) -> str:
+    """The echo reply: the data exactly as it came."""
+    return json.dumps({"type": "echo", "data": data})
+
+
+def error_frame(msg: str) -> str:
+    return Error(msg=msg).frame()
