@@ -70,7 +70,8 @@ class LimitsConfig(BaseModel):
 class PumpConfig(BaseModel):
     model_config = _STRICT
 
-    gpio: int = Field(ge=0, le=53)
+    #: BCM number; pigpio lets a client drive GPIO 2 to 27 (the header's pins).
+    gpio: int = Field(ge=2, le=27)
     flow_ml_s: float = Field(DEFAULT_FLOW_ML_S, gt=0, le=1000)
     prime_ml: float = Field(8.0, ge=0, le=1000)
 
@@ -130,13 +131,15 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, dict[
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     for section, values in (overrides or {}).items():
         given = {k: v for k, v in values.items() if v is not None}
-        if given:
-            current = raw.get(section) if isinstance(raw.get(section), dict) else {}
+        current = raw.get(section, {})
+        if given and isinstance(current, dict):  # a broken section stays broken, to be reported
             raw[section] = {**current, **given}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in exc.errors())) from None
+        # A pump with a bad key also empties the tuple "after validation": report only the key.
+        errors = [err for err in exc.errors() if err["type"] != "too_short"] or exc.errors()
+        raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in errors)) from None
 
 
 def _describe(err: Any) -> str:

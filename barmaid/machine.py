@@ -58,8 +58,10 @@ def load_definition(path: Optional[Path] = None, model: type = None) -> dict[str
     def fail(what: str) -> ConfigError:
         return ConfigError(f"{path}: {what}")
 
-    if not isinstance(spec, dict) or set(spec) != {"initial", "states", "transitions"}:
-        raise fail("needs exactly the keys initial, states and transitions")
+    if not isinstance(spec, dict):
+        raise fail("must be a mapping with the keys initial, states and transitions")
+    for key in set(spec) ^ {"initial", "states", "transitions"}:
+        raise fail(f"{'unknown' if key in spec else 'missing'} top-level key {key!r}; the keys are initial, states, transitions")
     states = [{"name": s} if isinstance(s, str) else s for s in spec["states"] or []]
     names = []
     for state in states:
@@ -163,6 +165,11 @@ class Controller:
                 getattr(self, request.type)(action=Action(request.type, plan))
             except MachineError:
                 raise Busy(f"Already {self.state} ! Retry in {self.remaining()} sec") from None
+            except BaseException:
+                # transitions keeps the new state when a callback fails after the change (T2).
+                if self.action is not None:
+                    self.abort(outcome="failed")
+                raise
 
     def plan(self, request: Request) -> dict[int, float]:
         """Seconds each pump runs: volume (ml) / flow (ml/s)."""

@@ -29,9 +29,16 @@ class Limits:
     max_cup_size: float
 
 
-def _is_number(value: Any) -> bool:
-    # bool is an int in Python but not a number in JSON.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _finite(value: Any) -> Optional[float]:
+    """The value as a float if it is a finite JSON number, else None."""
+    # bool is an int in Python but not a number in JSON; a 400-digit integer overflows a float.
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -88,11 +95,12 @@ class Blend(Request):
     @classmethod
     def _cup_size(cls, value: Any, info: ValidationInfo) -> float:
         top = _limits(info).max_cup_size
-        if not _is_number(value) or not math.isfinite(value):
-            raise ValueError(f"cup_size must be a number of litres (> 0 and <= {top}), got {json.dumps(value)}")
-        if not 0 < value <= top:
+        litres = _finite(value)
+        if litres is None:
+            raise ValueError(f"cup_size must be a number of litres (> 0 and <= {top}), got {_clip(json.dumps(value))}")
+        if not 0 < litres <= top:
             raise ValueError(f"cup_size must be > 0 and <= {top} litres, got {value}")
-        return float(value)
+        return litres
 
     @field_validator("ratios", mode="before")
     @classmethod
@@ -105,9 +113,10 @@ class Blend(Request):
             pump = pump_number(key, limits, field="ratios key")
             if pump in ratios:
                 raise ValueError(f"ratios name pump {pump} twice")
-            if not _is_number(ratio) or not math.isfinite(ratio) or not 0 <= ratio <= 1:
-                raise ValueError(f"ratio of pump {key} must be a number from 0 to 1, got {json.dumps(ratio)}")
-            ratios[pump] = float(ratio)
+            share = _finite(ratio)
+            if share is None or not 0 <= share <= 1:
+                raise ValueError(f"ratio of pump {key} must be a number from 0 to 1, got {_clip(json.dumps(ratio))}")
+            ratios[pump] = share
         total = sum(ratios.values())
         if total > 1 + RATIO_SUM_TOLERANCE:
             raise ValueError(f"ratios add up to {total:g}, more than a full cup (1); lower them")

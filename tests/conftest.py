@@ -1,0 +1,330 @@
+"""Shared pieces: config files, a running server on loopback, WebSocket peers, the bad-input table.
+
+Pumps here are very fast (400 ml/s), so a 0.1 l blend lasts 0.25 s and the suite stays quick.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import pytest
+import websocket
+import yaml
+
+from barmaid.config import DEFAULT_GPIOS, Config, load_config
+from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.machine import Controller
+from barmaid.server import BarmaidServer
+
+#: Longest wait for one expected message; a healthy server answers in milliseconds.
+RECV_TIMEOUT = 3.0
+FAST_FLOW_ML_S = 400.0
+
+
+def fast_pumps(flow_ml_s: float = FAST_FLOW_ML_S, prime_ml: Optional[float] = None) -> list[dict[str, Any]]:
+    """8 pumps on the default GPIOs; prime_ml 20, 30, ... unless one volume is given."""
+    return [
+        {"gpio": gpio, "flow_ml_s": flow_ml_s, "prime_ml": 20.0 + 10 * i if prime_ml is None else prime_ml}
+        for i, gpio in enumerate(DEFAULT_GPIOS)
+    ]
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = RECV_TIMEOUT) -> bool:
+    """Polls `predicate` every millisecond until it holds; False if it never did within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def status_times(messages: list[dict[str, Any]]) -> list[int]:
+    """The remaining_time of every status message, in order."""
+    return [m["data"]["remaining_time"] for m in messages if m["type"] == "status"]
+
+
+def is_final_status(message: dict[str, Any]) -> bool:
+    return message["type"] == "status" and message["data"]["remaining_time"] == 0
+
+
+def assert_countdown(times: list[int], seconds: float) -> None:
+    """Statuses as issue 2 wants them: ceil(seconds) first, never increasing, one 0, last."""
+    assert times, "no status message"
+    assert times[0] == math.ceil(seconds), times
+    assert all(later <= earlier for earlier, later in zip(times, times[1:])), times
+    assert times.count(0) == 1 and times[-1] == 0, times
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Writes a YAML config (a dict, or raw text) into tmp_path and returns its path."""
+
+    def write(content: Union[dict, str], name: str = "barmaid.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def fast_config(write_config: Callable[..., Path]) -> Config:
+    """8 fast pumps, loopback, status every 50 ms; port 0 so the OS picks a free one."""
+    config = load_config(
+        write_config({"pumps": fast_pumps()}),
+        {"server": {"host": "127.0.0.1", "status_interval": 0.05}},
+    )
+    # server.port must be >= 1 in a config; port 0 is for tests only, so it bypasses validation.
+    return config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
+
+
+# ---- a controller with simulated pumps, no network ----------------------------------------
+
+
+class Broadcasts:
+    """The controller's broadcast callback: keeps every message and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, frame: str) -> None:
+        with self._cond:
+            self.messages.append(json.loads(frame))
+            self._cond.notify_all()
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool] = is_final_status, timeout: float = RECV_TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """Every message so far, once one of them satisfies `predicate` (default: the final status)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: any(map(predicate, self.messages)), timeout):
+                pytest.fail(f"no matching broadcast within {timeout} s; got {self.messages}")
+            return list(self.messages)
+
+
+@pytest.fixture
+def make_controller(write_config: Callable[..., Path]):
+    """Builds Controller(config, SimulatedDriver, Broadcasts) from a pump list; closes each at teardown."""
+    made: list[Controller] = []
+
+    def make(
+        pumps: Optional[list[dict[str, Any]]] = None,
+        flow_ml_s: float = FAST_FLOW_ML_S,
+        prime_ml: Optional[float] = None,
+        status_interval: float = 0.05,
+    ) -> tuple[Controller, Broadcasts]:
+        pumps = pumps or fast_pumps(flow_ml_s, prime_ml)
+        config = load_config(write_config({"pumps": pumps}), {"server": {"status_interval": status_interval}})
+        broadcasts = Broadcasts()
+        driver = SimulatedDriver([pump.gpio for pump in config.pumps], config.limits.max_pump_seconds)
+        controller = Controller(config, driver, broadcasts)
+        made.append(controller)
+        return controller, broadcasts
+
+    yield make
+    for controller in made:
+        controller.close()
+
+
+# ---- a running server and its clients -----------------------------------------------------
+
+
+@pytest.fixture
+def server(fast_config: Config):
+    """A BarmaidServer with simulated pumps, listening on 127.0.0.1:<server.port>."""
+    driver = SimulatedDriver([pump.gpio for pump in fast_config.pumps], fast_config.limits.max_pump_seconds)
+    barmaid = BarmaidServer(fast_config, driver)
+    barmaid.start()
+    yield barmaid
+    close_quickly(barmaid)
+
+
+def close_quickly(barmaid: BarmaidServer) -> None:
+    """server.close(), without waiting out socketserver's 0.5 s poll: a connection wakes it."""
+    closer = threading.Thread(target=barmaid.close, name="test-server-close")
+    closer.start()
+    while closer.is_alive():
+        try:
+            socket.create_connection(("127.0.0.1", barmaid.port), timeout=0.5).close()
+        except OSError:
+            pass
+        closer.join(0.01)
+
+
+def recv_until(
+    ws: websocket.WebSocket, predicate: Callable[[dict[str, Any]], bool], timeout: float = RECV_TIMEOUT
+) -> list[dict[str, Any]]:
+    """Every message received up to and including the first one `predicate` accepts.
+
+    Fails the test if none comes within `timeout` seconds, showing what did come.
+    """
+    deadline = time.monotonic() + timeout
+    messages: list[dict[str, Any]] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"no matching message within {timeout} s; received {messages}")
+        ws.settimeout(left)
+        try:
+            text = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            pytest.fail(f"no matching message within {timeout} s; received {messages}")
+        if not text:
+            pytest.fail(f"connection closed; received {messages}")
+        messages.append(json.loads(text))
+        if predicate(messages[-1]):
+            return messages
+
+
+class Peer:
+    """One WebSocket client of the server under test, speaking JSON."""
+
+    def __init__(self, url: str) -> None:
+        self.ws = websocket.create_connection(url, timeout=5)
+
+    def send(self, message: Union[str, dict]) -> None:
+        """Sends a raw text frame, or a message given as a dict."""
+        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        return self.recv_until(lambda message: True, timeout)[-1]
+
+    def recv_until(
+        self, predicate: Callable[[dict[str, Any]], bool] = is_final_status, timeout: float = RECV_TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """Receives up to the first message `predicate` accepts (default: the final status)."""
+        return recv_until(self.ws, predicate, timeout)
+
+    def echo(self, data: Any = "sync") -> list[dict[str, Any]]:
+        """Round-trips an echo; returns what arrived before its reply (the reply excluded)."""
+        expected = {"type": "echo", "data": data}
+        self.send(expected)
+        messages = self.recv_until(lambda message: message == expected)
+        return messages[:-1]
+
+    def close(self) -> None:
+        self.ws.close(timeout=1)
+
+
+@pytest.fixture
+def connect(server: BarmaidServer) -> Callable[[], Peer]:
+    """Opens a new WebSocket client to the running server; all are closed at teardown."""
+    peers: list[Peer] = []
+
+    def open_peer() -> Peer:
+        peer = Peer(f"ws://127.0.0.1:{server.port}/")
+        peers.append(peer)
+        # The server registers a client just after the handshake; an echo reply proves it is in.
+        assert peer.echo("hello") == []
+        return peer
+
+    yield open_peer
+    for peer in peers:
+        peer.close()
+
+
+# ---- the bad-input table (issue 2, section 4), for parse and for the server ----------------
+
+
+class BadInput(NamedTuple):
+    frame: str
+    #: Fragments the error message must contain: what was wrong, and the offending value.
+    says: tuple[str, ...]
+
+
+def _blend(cup_size: str = "0.1", ratios: str = '{"0": 1}') -> str:
+    return f'{{"type": "blend", "data": {{"cup_size": {cup_size}, "ratios": {ratios}}}}}'
+
+
+def _refill(pump: str) -> str:
+    return f'{{"type": "refill", "data": {{"pump": {pump}}}}}'
+
+
+def _bad(frame: str, says: tuple[str, ...], id: str, marks: Any = ()) -> Any:
+    return pytest.param(BadInput(frame, says), id=id, marks=marks)
+
+
+_HUGE_INT = "1" + "0" * 400
+
+BAD_INPUTS = [
+    _bad("hello", ("not JSON", "hello"), id="not-json"),
+    _bad('{"type": "echo"', ("not JSON",), id="truncated-json"),
+    _bad("[1, 2]", ("JSON object", "[1, 2]"), id="list"),
+    _bad('"echo"', ("JSON object", '"echo"'), id="string"),
+    _bad("42", ("JSON object", "42"), id="number"),
+    _bad("null", ("JSON object", "null"), id="null"),
+    _bad('{"data": 1}', ('missing "type"',), id="no-type"),
+    _bad('{"type": 3, "data": {}}', ('"type" must be a string', "3"), id="type-number"),
+    _bad('{"type": null}', ('"type" must be a string', "null"), id="type-null"),
+    _bad('{"type": "dance", "data": {}}', ("unknown type", '"dance"'), id="unknown-type"),
+    _bad('{"type": "status", "data": {}}', ("unknown type", '"status"'), id="server-only-type"),
+    _bad('{"type": "blend"}', ("blend", '"data" missing'), id="blend-no-data"),
+    _bad('{"type": "blend", "data": null}', ("blend", '"data" missing'), id="blend-data-null"),
+    _bad('{"type": "refill"}', ("refill", '"data" missing'), id="refill-no-data"),
+    _bad('{"type": "blend", "data": [0.1]}', ('"data" must be an object', "[0.1]"), id="blend-data-list"),
+    _bad('{"type": "refill", "data": 4}', ('"data" must be an object', "4"), id="refill-data-number"),
+    _bad('{"type": "blend", "data": {"ratios": {"0": 1}}}', ('missing "cup_size"',), id="cup-size-missing"),
+    _bad(_blend(cup_size='"0.1"'), ("cup_size", 'got "0.1"'), id="cup-size-string"),
+    _bad(_blend(cup_size="true"), ("cup_size", "got true"), id="cup-size-bool"),
+    _bad(_blend(cup_size="null"), ("cup_size", "got null"), id="cup-size-null"),
+    _bad(_blend(cup_size="NaN"), ("cup_size", "got NaN"), id="cup-size-nan"),
+    _bad(_blend(cup_size="1e999"), ("cup_size", "got Infinity"), id="cup-size-1e999"),
+    _bad(_blend(cup_size="Infinity"), ("cup_size", "got Infinity"), id="cup-size-infinity"),
+    _bad(_blend(cup_size="-Infinity"), ("cup_size", "got -Infinity"), id="cup-size-minus-infinity"),
+    _bad(_blend(cup_size="0"), ("cup_size", "> 0", "got 0"), id="cup-size-zero"),
+    _bad(_blend(cup_size="-0.1"), ("cup_size", "got -0.1"), id="cup-size-negative"),
+    _bad(_blend(cup_size="1.5"), ("cup_size", "<= 1.0", "got 1.5"), id="cup-size-over-max"),
+    _bad(
+        _blend(cup_size=_HUGE_INT),
+        ("cup_size", "<= 1.0"),
+        id="cup-size-huge-integer",
+    ),
+    _bad('{"type": "blend", "data": {"cup_size": 0.1}}', ('missing "ratios"',), id="ratios-missing"),
+    _bad(_blend(ratios='"0: 1"'), ("ratios must be an object", '"0: 1"'), id="ratios-string"),
+    _bad(_blend(ratios="[0.5, 0.5]"), ("ratios must be an object", "[0.5, 0.5]"), id="ratios-list"),
+    _bad(_blend(ratios='{"8": 1}'), ('ratios key "8"', "not a configured pump"), id="ratios-key-8"),
+    _bad(_blend(ratios='{"-1": 1}'), ("ratios key", 'got "-1"'), id="ratios-key-minus-1"),
+    _bad(_blend(ratios='{"x": 1}'), ("ratios key", 'got "x"'), id="ratios-key-x"),
+    _bad(_blend(ratios='{"1.5": 1}'), ("ratios key", 'got "1.5"'), id="ratios-key-fraction"),
+    _bad(_blend(ratios='{"": 1}'), ("ratios key", 'got ""'), id="ratios-key-empty"),
+    _bad(_blend(ratios='{"0": "0.5"}'), ("ratio of pump 0", 'got "0.5"'), id="ratio-string"),
+    _bad(_blend(ratios='{"0": true}'), ("ratio of pump 0", "got true"), id="ratio-bool"),
+    _bad(_blend(ratios='{"0": null}'), ("ratio of pump 0", "got null"), id="ratio-null"),
+    _bad(_blend(ratios='{"0": -0.1}'), ("ratio of pump 0", "got -0.1"), id="ratio-negative"),
+    _bad(_blend(ratios='{"0": 1.1}'), ("ratio of pump 0", "got 1.1"), id="ratio-over-1"),
+    _bad(_blend(ratios='{"0": NaN}'), ("ratio of pump 0", "got NaN"), id="ratio-nan"),
+    _bad(
+        _blend(ratios=f'{{"0": {_HUGE_INT}}}'),
+        ("ratio of pump 0",),
+        id="ratio-huge-integer",
+    ),
+    _bad(_blend(ratios='{"0": 0.6, "1": 0.6}'), ("add up to 1.2", "more than a full cup"), id="ratios-sum-1.2"),
+    _bad(_blend(ratios='{"0": 0, "1": 0}'), ("nothing to pour",), id="ratios-all-zero"),
+    _bad(_blend(ratios="{}"), ("nothing to pour",), id="ratios-empty"),
+    _bad('{"type": "refill", "data": {}}', ('missing "pump"',), id="pump-missing"),
+    _bad(_refill("true"), ("pump", "got true"), id="pump-bool"),
+    _bad(_refill("null"), ("pump", "got null"), id="pump-null"),
+    _bad(_refill("1.5"), ("pump", "got 1.5"), id="pump-fraction"),
+    _bad(_refill('"x"'), ("pump", 'got "x"'), id="pump-x"),
+    _bad(_refill('"-1"'), ("pump", 'got "-1"'), id="pump-string-minus-1"),
+    _bad(_refill("-1"), ("pump -1", "not a configured pump"), id="pump-minus-1"),
+    _bad(_refill("8"), ("pump 8", "not a configured pump"), id="pump-8"),
+    _bad(_refill('"8"'), ('pump "8"', "not a configured pump"), id="pump-string-8"),
+]
+
+
+@pytest.fixture(params=BAD_INPUTS)
+def bad_input(request: pytest.FixtureRequest) -> BadInput:
+    """One frame from the table, with what its error message must say."""
+    return request.param

@@ -1,0 +1,173 @@
+"""The `barmaid` command, run as `python -m barmaid` in a subprocess: diagram, config errors, serve."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import websocket
+
+#: Start-up, one exchange and shutdown take well under a second; this only bounds a hang.
+PROCESS_TIMEOUT = 15.0
+
+
+def barmaid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "barmaid", *args], cwd=cwd, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Serving:
+    """`barmaid serve` in a subprocess, its log lines collected as they come."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.port = free_port()
+        self.lines: list[str] = []
+        self._listening = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._listening.wait(PROCESS_TIMEOUT):
+            self.proc.kill()
+            pytest.fail(f"no 'listening' log line; log: {self.log}")
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "listening on" in line:
+                self._listening.set()
+
+    def stop(self, signum: int) -> tuple[int, float]:
+        """Sends the signal; returns the exit status and how long the exit took."""
+        sent = time.monotonic()
+        self.proc.send_signal(signum)
+        status = self.proc.wait(PROCESS_TIMEOUT)
+        took = time.monotonic() - sent
+        self._reader.join(PROCESS_TIMEOUT)
+        return status, took
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    """Starts `barmaid serve` (extra args allowed); kills what is still running at teardown."""
+    started: list[Serving] = []
+
+    def start(*args: str) -> Serving:
+        started.append(Serving(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for serving in started:
+        if serving.proc.poll() is None:
+            serving.proc.kill()
+            serving.proc.wait()
+
+
+def open_ws(serving: Serving) -> websocket.WebSocket:
+    return websocket.create_connection(f"ws://127.0.0.1:{serving.port}/", timeout=5)
+
+
+def recv_json(ws: websocket.WebSocket) -> Optional[dict]:
+    text = ws.recv()
+    return json.loads(text) if text else None
+
+
+# ---- diagram --------------------------------------------------------------------------------
+
+
+def test_diagram_prints_a_mermaid_state_diagram_of_idle_blending_refilling(tmp_path):
+    result = barmaid("diagram", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert "stateDiagram-v2" in lines
+    for edge in ("idle --> blending: blend", "idle --> refilling: refill", "[*] --> idle"):
+        assert edge in lines, result.stdout
+    for busy in ("blending", "refilling"):
+        [back] = [line for line in lines if line.startswith(f"{busy} --> idle:")]
+        assert "finish" in back and "abort" in back
+
+
+def test_diagram_output_writes_the_same_diagram_to_a_file(tmp_path):
+    printed = barmaid("diagram", cwd=tmp_path).stdout
+    result = barmaid("diagram", "--output", "states.mmd", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == ""
+    assert (tmp_path / "states.mmd").read_text(encoding="utf-8").strip() == printed.strip()
+
+
+# ---- serve: configuration errors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("server:\n  prot: 9000\n", "unknown key 'server.prot'"),
+        ("server:\n  port: 70000\n", "server.port = 70000"),
+        ("pumps:\n  - {gpio: 5}\n  - {gpio: 5}\n", "pumps.1.gpio = 5"),
+    ],
+    ids=["unknown-key", "out-of-range", "duplicate-gpio"],
+)
+def test_serve_with_a_bad_config_exits_2_naming_the_key(write_config, tmp_path, text, says):
+    result = barmaid("serve", "--config", str(write_config(text, "bad.yaml")), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr and says in result.stderr, result.stderr
+    assert "listening" not in result.stderr
+
+
+# ---- serve: running and stopping ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_answers_echo_and_exits_0_with_every_pump_off_on_signal(serve, signum):
+    serving = serve()
+    assert f"listening on ws://127.0.0.1:{serving.port} with 8 simulated pumps" in serving.log
+    ws = open_ws(serving)
+    ws.send(json.dumps({"type": "echo", "data": {"msg": "toaster"}}))
+    assert recv_json(ws) == {"type": "echo", "data": {"msg": "toaster"}}
+    status, _ = serving.stop(signum)
+    assert status == 0, serving.log
+    assert f"{signal.Signals(signum).name} received" in serving.log
+    assert "every pump off" in serving.log
+    assert recv_json(ws) is None  # the server closed the connection
+    ws.close()
+
+
+def test_sigterm_mid_blend_stops_the_blend_and_exits_0_at_once(serve):
+    serving = serve()  # default pumps, 20 ml/s: 0.1 l runs 5 s
+    ws = open_ws(serving)
+    ws.send(json.dumps({"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 1}}}))
+    first = recv_json(ws)
+    assert first["type"] == "status" and first["data"]["remaining_time"] == 5
+    status, took = serving.stop(signal.SIGTERM)
+    assert status == 0, serving.log
+    assert took < 3.0, f"took {took:.1f} s to exit: the 5 s blend was waited out"
+    assert "blend shut down" in serving.log and "pump 0 off after" in serving.log
+    assert "every pump off" in serving.log
+    statuses = []
+    while (message := recv_json(ws)) is not None:
+        statuses.append(message["data"]["remaining_time"])
+    assert statuses and statuses[-1] == 0 and statuses.count(0) == 1, statuses
+    ws.close()

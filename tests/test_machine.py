@@ -1,0 +1,271 @@
+"""The state machine: states.yaml validation, the on-time formula, pours, statuses, busy, shutdown.
+
+The Controller runs here with the SimulatedDriver and no network; its `timeline` of
+Switch(t, pump, on) is what pour timing is checked against.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+import yaml
+
+from barmaid.config import load_config
+from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.errors import Busy, ConfigError
+from barmaid.machine import Controller, load_definition, states_file
+from barmaid.protocol import Limits, parse
+from conftest import assert_countdown, status_times
+
+LIMITS = Limits(pumps=8, max_cup_size=1.0)
+#: How far a simulated switch may land from its planned instant.
+TIMING_TOLERANCE = 0.005
+#: With 400 ml/s pumps and prime_ml 1000, a full 1 l cup and every refill last 2.5 s.
+LONG = {"prime_ml": 1000.0}
+LONG_SECONDS = 2.5
+
+
+def blend(cup_size: float, ratios: dict[str, float]):
+    return parse(json.dumps({"type": "blend", "data": {"cup_size": cup_size, "ratios": ratios}}), LIMITS)
+
+
+def refill(pump):
+    return parse(json.dumps({"type": "refill", "data": {"pump": pump}}), LIMITS)
+
+
+def switches(controller, on: bool) -> dict[int, float]:
+    """pump -> time of its switch on (or off) in the simulated driver's timeline."""
+    return {switch.pump: switch.t for switch in controller.driver.timeline if switch.on is on}
+
+
+# ---- states.yaml ----------------------------------------------------------------------------
+
+
+def _transition(spec: dict, trigger: str) -> dict:
+    return next(t for t in spec["transitions"] if t["trigger"] == trigger)
+
+
+def _state(spec: dict, name: str) -> dict:
+    return next(s for s in spec["states"] if s["name"] == name)
+
+
+def test_real_states_yaml_loads_idle_blending_refilling():
+    definition = load_definition()
+    assert definition["initial"] == "idle"
+    assert {state["name"] for state in definition["states"]} == {"idle", "blending", "refilling"}
+    assert {"blend", "refill", "finish", "abort"} <= {t["trigger"] for t in definition["transitions"]}
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        pytest.param(
+            lambda s: _transition(s, "blend").update(dest="pouring"), "unknown state 'pouring'", id="unknown-dest"
+        ),
+        pytest.param(
+            lambda s: _transition(s, "refill").update(source="resting"), "unknown state 'resting'", id="unknown-source"
+        ),
+        pytest.param(
+            lambda s: _transition(s, "blend").update(before="start_pump"),
+            "before callback 'start_pump' is not a method of Controller",
+            id="unknown-callback",
+        ),
+        pytest.param(
+            lambda s: _state(s, "idle").update(on_enter=["end_acton"]),
+            "on_enter callback 'end_acton' is not a method of Controller",
+            id="unknown-on-enter-callback",
+        ),
+        pytest.param(
+            lambda s: s.update(states=[st for st in s["states"] if st["name"] != "idle"], initial="blending"),
+            "missing state 'idle'",
+            id="missing-idle-state",
+        ),
+        pytest.param(
+            lambda s: s.update(transitions=[t for t in s["transitions"] if t["trigger"] != "abort"]),
+            "missing trigger 'abort'",
+            id="missing-abort-trigger",
+        ),
+        pytest.param(lambda s: s.update(initial="ready"), "initial state 'ready'", id="unknown-initial"),
+        pytest.param(
+            lambda s: _transition(s, "finish").update(guard="is_done"),
+            "unknown key 'guard'",
+            id="unknown-transition-key",
+        ),
+        pytest.param(lambda s: _state(s, "blending").update(timeout=5), "'timeout'", id="unknown-state-key"),
+        pytest.param(
+            lambda s: s.update(final="idle"),
+            "'final'",
+            id="unknown-top-level-key",
+        ),
+    ],
+)
+def test_broken_states_yaml_is_a_config_error_naming_the_problem(tmp_path, edit, says):
+    spec = yaml.safe_load(states_file().read_text(encoding="utf-8"))
+    edit(spec)
+    path = tmp_path / "states.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_definition(path)
+    assert str(path) in str(caught.value)
+    assert says in str(caught.value)
+
+
+# ---- the on-time formula ------------------------------------------------------------------
+
+
+def test_blend_runs_each_pump_cup_size_times_1000_times_ratio_over_its_flow(make_controller):
+    flows = [10.0, 20.0, 25.0, 40.0, 50.0, 80.0, 100.0, 200.0]
+    controller, _ = make_controller(pumps=[{"gpio": 2 + i, "flow_ml_s": f} for i, f in enumerate(flows)])
+    plan = controller.plan(blend(0.2, {"0": 0.25, "3": 0.5, "5": 0, "7": 0.25}))
+    assert plan == pytest.approx({0: 5.0, 3: 2.5, 7: 0.25})
+
+
+@pytest.mark.parametrize(("pump", "seconds"), [("0", 2.0), (0, 2.0), (3, 0.35)])
+def test_refill_runs_prime_ml_over_flow(make_controller, pump, seconds):
+    pumps = [{"gpio": 2 + i, "flow_ml_s": 10.0 * (i + 1), "prime_ml": 20.0 - 2 * i} for i in range(8)]
+    controller, _ = make_controller(pumps=pumps)
+    assert controller.plan(refill(pump)) == pytest.approx({int(pump): seconds})
+
+
+# ---- pours ----------------------------------------------------------------------------------
+
+
+def test_blend_goes_blending_then_idle_when_the_last_pump_stops(make_controller):
+    controller, broadcasts = make_controller()
+    assert controller.state == "idle"
+    controller.submit(blend(0.1, {"1": 0.2, "4": 0.3, "6": 0.5}))
+    assert controller.state == "blending"
+    broadcasts.wait_for()
+    assert controller.state == "idle"
+    assert controller.remaining() == 0
+    ended = max(switches(controller, on=False).values())
+    assert ended - min(switches(controller, on=True).values()) == pytest.approx(0.125, abs=TIMING_TOLERANCE)
+
+
+def test_blend_starts_every_pump_at_one_instant_and_stops_each_after_its_seconds(make_controller):
+    controller, broadcasts = make_controller()
+    controller.submit(blend(0.1, {"1": 0.2, "4": 0.3, "6": 0.5}))
+    broadcasts.wait_for()
+    ons, offs = switches(controller, on=True), switches(controller, on=False)
+    assert len(controller.driver.timeline) == 6
+    assert set(ons) == set(offs) == {1, 4, 6}
+    assert len(set(ons.values())) == 1, f"pumps started at different instants: {ons}"
+    ran = {pump: offs[pump] - ons[pump] for pump in ons}
+    assert ran == pytest.approx({1: 0.05, 4: 0.075, 6: 0.125}, abs=TIMING_TOLERANCE)
+
+
+def test_refill_goes_refilling_and_runs_one_pump_for_its_prime_time(make_controller):
+    controller, broadcasts = make_controller()
+    controller.submit(refill("2"))  # prime_ml 40 at 400 ml/s
+    assert controller.state == "refilling"
+    broadcasts.wait_for()
+    assert controller.state == "idle"
+    [(pump, on), (same_pump, off)] = [(s.pump, s.t) for s in controller.driver.timeline]
+    assert pump == same_pump == 2
+    assert off - on == pytest.approx(0.1, abs=TIMING_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("request_", "seconds"), [(lambda: blend(0.12, {"0": 1}), 1.2), (lambda: refill(0), 0.2)], ids=["blend", "refill"]
+)
+def test_status_counts_down_from_ceil_seconds_to_exactly_one_zero(make_controller, request_, seconds):
+    controller, broadcasts = make_controller(flow_ml_s=100.0)
+    controller.submit(request_())
+    messages = broadcasts.wait_for()
+    assert {m["type"] for m in messages} == {"status"}
+    times = status_times(messages)
+    assert_countdown(times, seconds)
+    if seconds > 1:
+        assert 1 in times, "the countdown never went down"
+
+
+# ---- busy -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "answer"),
+    [
+        (lambda: blend(1.0, {"0": 1}), lambda: blend(0.1, {"1": 1}), "Already blending ! Retry in 3 sec"),
+        (lambda: blend(1.0, {"0": 1}), lambda: refill(1), "Already blending ! Retry in 3 sec"),
+        (lambda: refill(0), lambda: blend(0.1, {"1": 1}), "Already refilling ! Retry in 3 sec"),
+        (lambda: refill(0), lambda: refill(1), "Already refilling ! Retry in 3 sec"),
+    ],
+    ids=["blend-while-blending", "refill-while-blending", "blend-while-refilling", "refill-while-refilling"],
+)
+def test_second_pour_while_busy_raises_busy_and_leaves_the_first_untouched(make_controller, first, second, answer):
+    controller, broadcasts = make_controller(**LONG)
+    controller.submit(first())
+    state, timeline = controller.state, list(controller.driver.timeline)
+    with pytest.raises(Busy) as caught:
+        controller.submit(second())
+    assert str(caught.value) == answer
+    assert controller.state == state
+    assert controller.driver.timeline == timeline == [timeline[0]]
+    assert controller.driver.is_on(0) and not controller.driver.is_on(1)
+    assert status_times(broadcasts.messages) == [math.ceil(LONG_SECONDS)]
+
+
+def test_two_blends_at_the_same_instant_start_exactly_one(make_controller):
+    for attempt in range(20):
+        controller, _ = make_controller(**LONG)
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def submit(pump: str) -> None:
+            request = blend(1.0, {pump: 1})
+            barrier.wait(timeout=2)
+            try:
+                controller.submit(request)
+                outcomes.append("started")
+            except Busy as exc:
+                outcomes.append(str(exc))
+
+        threads = [threading.Thread(target=submit, args=(pump,)) for pump in ("0", "1")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=2)
+        assert sorted(outcomes) == ["Already blending ! Retry in 3 sec", "started"], f"attempt {attempt}"
+        assert [switch.on for switch in controller.driver.timeline] == [True], f"attempt {attempt}"
+        controller.close()
+
+
+# ---- shutdown and failures ------------------------------------------------------------------
+
+
+def test_close_mid_pour_switches_every_pump_off_and_sends_status_0(make_controller):
+    controller, broadcasts = make_controller(**LONG)
+    controller.submit(blend(1.0, {"0": 0.5, "3": 0.25, "7": 0.25}))
+    controller.close()
+    ons, offs = switches(controller, on=True), switches(controller, on=False)
+    assert set(ons) == set(offs) == {0, 3, 7}
+    assert not any(controller.driver.is_on(pump) for pump in range(8))
+    assert max(offs.values()) - min(ons.values()) < 0.5, "pumps ran on after close()"
+    assert status_times(broadcasts.messages) == [2, 0]  # the pour was 1.25 s
+    assert controller.state == "idle"
+
+
+def test_exception_while_starting_a_pour_still_returns_to_idle():
+    config = load_config(None)  # 20 ml/s: 1 ml runs 0.05 s
+    failed = threading.Event()
+
+    def broadcast_failing_once(frame: str) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("client vanished")
+
+    controller = Controller(config, SimulatedDriver([p.gpio for p in config.pumps]), broadcast_failing_once)
+    try:
+        with pytest.raises(RuntimeError):
+            controller.submit(blend(0.001, {"0": 1}))
+        deadline = time.monotonic() + 0.5
+        while controller.state != "idle" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert controller.state == "idle"
+        assert not controller.driver.is_on(0)
+    finally:
+        controller.close()
