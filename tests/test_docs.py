@@ -1,0 +1,39 @@
+"""The README's promises: its diagram is `barmaid diagram`, its test command is what CI runs."""
+
+import re
+from pathlib import Path
+
+from barmaid.diagram import draw
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_diagram_is_the_diagram_command_output():
+    block = re.search(r"```mermaid\n(.*?)```", README, re.S)
+    assert block, "README has no mermaid block"
+    assert block.group(1) == draw("mermaid").rstrip("\n") + "\n"
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"```sh\n(.*?)\n```", README, re.S)
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_the_example_config_for_the_pi_loads():
+    from barmaid.config import load_config
+
+    config = load_config(ROOT / "docs" / "config.example.yaml")
+    assert config.driver.kind == "pigpio" and config.driver.active_low
+    assert len(config.pumps) == 8
+
+
+def test_the_service_forces_every_default_pump_pin_off_after_stop():
+    from barmaid.config import DEFAULT_GPIOS
+
+    unit = (ROOT / "scripts" / "barmaid.service").read_text(encoding="utf-8")
+    stop_post = next(line for line in unit.splitlines() if line.startswith("ExecStopPost="))
+    assert "pigs wvhlt" in stop_post
+    assert f"for g in {' '.join(map(str, DEFAULT_GPIOS))}; do /usr/bin/pigs w $g 0" in stop_post
+    assert "Requires=pigpiod.service" in unit and "Restart=on-failure" in unit

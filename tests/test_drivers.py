@@ -1,0 +1,123 @@
+"""One contract, every driver: the simulated pumps and pigpio through the fake daemon.
+
+Each driver is wrapped in a `Rig` that reads back what the pumps really did as a timeline of
+`(t, pump, on)`: the simulated driver's own record, or the fake daemon's pin history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+
+from barmaid.config import DriverConfig
+from barmaid.drivers.base import Driver
+from barmaid.drivers.pigpio import PigpioDriver
+from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.errors import PourRejected
+from conftest import eventually
+from fake_pigpiod import FakePigpiod
+
+GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
+
+
+@dataclass
+class Rig:
+    driver: Driver
+    timeline: Callable[[], list[tuple[float, int, bool]]]
+    is_on: Callable[[int], bool]
+    wait_for: Callable[[Callable[[], bool], float], bool]
+
+    def on_times(self) -> dict[int, list[float]]:
+        """Seconds of each completed on-period, per pump."""
+        started: dict[int, float] = {}
+        out: dict[int, list[float]] = {}
+        for t, pump, on in self.timeline():
+            if on:
+                started[pump] = t
+            elif pump in started:
+                out.setdefault(pump, []).append(t - started.pop(pump))
+        return out
+
+    def starts(self) -> list[float]:
+        return [t for t, _, on in self.timeline() if on]
+
+
+def sim_rig() -> tuple[Rig, Callable[[], None]]:
+    driver = SimulatedDriver(GPIOS, max_pump_seconds=5)
+    rig = Rig(driver, lambda: [tuple(s) for s in driver.timeline], driver.is_on, eventually)
+    return rig, lambda: None
+
+
+def pigpio_rig(active_low: bool) -> tuple[Rig, Callable[[], None]]:
+    daemon = FakePigpiod().start()
+    driver = PigpioDriver(GPIOS, 5, DriverConfig(host="127.0.0.1", port=daemon.port, active_low=active_low))
+    off = 1 if active_low else 0
+    pump_of = {gpio: pump for pump, gpio in enumerate(GPIOS)}
+    daemon.clear_history()
+
+    def timeline():
+        return [(t, pump_of[g], level != off) for t, g, level in daemon.history() if g in pump_of]
+
+    rig = Rig(driver, timeline, lambda p: daemon.level(GPIOS[p]) != off, daemon.wait_for)
+    return rig, daemon.stop
+
+
+@pytest.fixture(params=["sim", "pigpio", "pigpio-active-low"])
+def rig(request):
+    make = {"sim": sim_rig, "pigpio": lambda: pigpio_rig(False), "pigpio-active-low": lambda: pigpio_rig(True)}
+    rig, teardown = make[request.param]()
+    yield rig
+    rig.driver.close()
+    teardown()
+
+
+def test_every_pump_is_off_once_the_driver_is_constructed(rig):
+    assert not any(rig.is_on(p) for p in range(len(GPIOS)))
+    assert rig.timeline() == []
+
+
+def test_a_pour_starts_every_pump_at_one_instant_and_stops_each_on_time(rig):
+    plan = {0: 0.030, 3: 0.060, 7: 0.090, 5: 0.060}
+    rig.driver.pour(plan)
+    assert rig.wait_for(lambda: len(rig.timeline()) == 2 * len(plan), 2)
+    starts = rig.starts()
+    assert max(starts) - min(starts) <= 0.001
+    on_times = rig.on_times()
+    for pump, seconds in plan.items():
+        assert on_times[pump] == [pytest.approx(seconds, abs=0.002)]
+
+
+def test_pours_follow_each_other(rig):
+    for n, seconds in enumerate((0.02, 0.03), start=1):
+        rig.driver.pour({1: seconds})
+        assert rig.wait_for(lambda: len(rig.timeline()) == 2 * n, 2)
+        rig.driver.halt()
+    assert rig.on_times()[1] == [pytest.approx(0.02, abs=0.002), pytest.approx(0.03, abs=0.002)]
+
+
+def test_halt_switches_every_pump_off_now(rig):
+    rig.driver.pour({0: 2.0, 1: 3.0})
+    assert rig.wait_for(lambda: rig.is_on(0) and rig.is_on(1), 1)
+    rig.driver.halt()
+    assert not rig.is_on(0) and not rig.is_on(1)
+    assert all(t < 0.5 for t in rig.on_times()[0] + rig.on_times()[1])
+
+
+def test_halt_and_close_are_idempotent_and_leave_pumps_off(rig):
+    rig.driver.halt()
+    rig.driver.pour({2: 2.0})
+    rig.driver.close()
+    rig.driver.close()
+    assert not rig.is_on(2)
+
+
+@pytest.mark.parametrize(
+    "plan, words",
+    [({0: 6.0}, "max_pump_seconds"), ({0: 0.0}, "max_pump_seconds"), ({8: 0.1}, "not configured"), ({}, "nothing")],
+)
+def test_a_plan_the_driver_cannot_pour_is_refused_before_anything_moves(rig, plan, words):
+    with pytest.raises(PourRejected, match=words):
+        rig.driver.pour(plan)
+    assert rig.timeline() == []

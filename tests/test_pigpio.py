@@ -1,0 +1,292 @@
+"""The pigpio driver and the server on it, against the fake daemon: connection, faults, signals.
+
+The real `pigpio` client library talks to tests/fake_pigpiod.py over loopback, so its quirks
+(no error when unreachable, no timeouts, a spinning thread on a dead socket) are all exercised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pigpio
+import pytest
+
+import barmaid.drivers.pigpio as pigpio_driver
+from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
+from barmaid.drivers.pigpio import PigpioDriver
+from barmaid.errors import PumpsUnavailable
+from barmaid.server import BarmaidServer
+from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
+from fake_pigpiod import FakePigpiod
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def quick_reconnects(monkeypatch):
+    monkeypatch.setattr(pigpio_driver, "BACKOFF", (0.02, 0.1))
+    monkeypatch.setattr(pigpio_driver, "HEARTBEAT", 0.02)
+
+
+@pytest.fixture
+def daemon():
+    with FakePigpiod() as fake:
+        yield fake
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pigpio_config(write_config, port: int, active_low: bool = False, flow: float = 400.0, **server):
+    config = load_config(
+        write_config(
+            {
+                "server": {"host": "127.0.0.1", "port": free_port(), "status_interval": 0.05, **server},
+                "driver": {"kind": "pigpio", "host": "127.0.0.1", "port": port, "active_low": active_low},
+                "pumps": fast_pumps(flow),
+            }
+        )
+    )
+    return config
+
+
+@pytest.fixture
+def start_server(write_config):
+    servers = []
+
+    def start(port: int, **kwargs) -> BarmaidServer:
+        config = pigpio_config(write_config, port, **kwargs)
+        driver = PigpioDriver(DEFAULT_GPIOS, config.limits.max_pump_seconds, config.driver)
+        server = BarmaidServer(config, driver)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def peer(server: BarmaidServer) -> Peer:
+    return Peer(f"ws://127.0.0.1:{server.port}/")
+
+
+def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
+    cup = ml_per_pump * len(pumps) / 1000
+    return {"type": "blend", "data": {"cup_size": cup, "ratios": {str(p): 1 / len(pumps) for p in pumps}}}
+
+
+@pytest.mark.parametrize("active_low", [False, True])
+def test_every_pump_pin_is_an_output_at_its_off_level_before_any_client(daemon, active_low):
+    driver = PigpioDriver(DEFAULT_GPIOS, 120, DriverConfig(host="127.0.0.1", port=daemon.port, active_low=active_low))
+    try:
+        off = 1 if active_low else 0
+        assert {g: daemon.modes()[g] for g in DEFAULT_GPIOS} == {g: pigpio.OUTPUT for g in DEFAULT_GPIOS}
+        assert {g: daemon.level(g) for g in DEFAULT_GPIOS} == {g: off for g in DEFAULT_GPIOS}
+    finally:
+        driver.close()
+
+
+def test_a_pour_is_one_waveform_sent_once_to_the_daemon(daemon):
+    driver = PigpioDriver(DEFAULT_GPIOS, 120, DriverConfig(host="127.0.0.1", port=daemon.port))
+    try:
+        driver.pour({0: 0.5, 1: 0.25, 2: 0.25})
+        assert daemon.wave_busy()
+        pulses = daemon.wave_pulses(daemon.current_wave())
+        on = (1 << 5) | (1 << 6) | (1 << 13)
+        assert [tuple(p) for p in pulses] == [(on, 0, 250000), (0, (1 << 6) | (1 << 13), 250000), (0, 1 << 5, 0)]
+    finally:
+        driver.close()
+    assert not daemon.wave_busy()
+
+
+def test_unreachable_daemon_refuses_pours_keeps_echo_and_connects_when_it_appears(start_server, caplog):
+    port = free_port()
+    caplog.set_level(logging.WARNING, logger="barmaid.drivers.pigpio")
+    server = start_server(port)
+    client = peer(server)
+    client.send(blend(5))
+    error = client.recv()
+    assert error["type"] == "error"
+    assert "unavailable" in error["data"]["msg"] and f"127.0.0.1:{port}" in error["data"]["msg"]
+    assert "pigpiod" in error["data"]["msg"]
+    client.echo({"still": "here"})
+    assert server.controller.state == "idle"
+    # Several retries have failed by now; the builder was told once.
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    with FakePigpiod(port=port) as daemon:
+        assert eventually(lambda: server.controller.driver.available)
+        assert all(daemon.modes()[g] == pigpio.OUTPUT and daemon.level(g) == 0 for g in DEFAULT_GPIOS)
+        client.send(blend(10))
+        assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
+    client.close()
+
+
+def test_daemon_lost_mid_pour_ends_the_action_tells_every_client_and_reconnects(daemon, start_server):
+    server = start_server(daemon.port, active_low=True)
+    a, b = peer(server), peer(server)
+    a.send(blend(400))  # one second
+    a.recv_until(lambda m: m["type"] == "status")
+    daemon.drop_connections(keep_listening=True)
+    for client in (a, b):
+        messages = client.recv_until(is_final_status)
+        errors = [m["data"]["msg"] for m in messages if m["type"] == "error"]
+        assert len(errors) == 1 and "pigpio daemon" in errors[0] and "stopped" in errors[0]
+    assert server.controller.state == "idle"
+    # Reconnected, with the off levels written again before the next pour.
+    assert eventually(lambda: server.controller.driver.available and daemon.connection_count() >= 2)
+    a.send(blend(10))
+    assert_countdown(status_times(a.recv_until(is_final_status)), 10 / 400)
+    a.close()
+    b.close()
+
+
+def test_a_hung_daemon_times_out_instead_of_blocking_the_server(daemon, start_server, monkeypatch):
+    monkeypatch.setattr(pigpio_driver, "COMMAND_TIMEOUT", 0.2)
+    server = start_server(daemon.port)
+    client = peer(server)
+    daemon.pause()
+    try:
+        assert eventually(lambda: not server.controller.driver.available)
+        client.send(blend(5))
+        assert "unavailable" in client.recv()["data"]["msg"]
+    finally:
+        daemon.resume()
+    assert eventually(lambda: server.controller.driver.available)
+    client.close()
+
+
+def test_a_pour_over_max_pump_seconds_is_refused_before_anything_moves(daemon, write_config):
+    driver = PigpioDriver(DEFAULT_GPIOS, 1.0, DriverConfig(host="127.0.0.1", port=daemon.port))
+    daemon.clear_history()
+    try:
+        with pytest.raises(Exception, match="max_pump_seconds"):
+            driver.pour({0: 1.5})
+        assert daemon.history() == [] and not daemon.wave_busy()
+    finally:
+        driver.close()
+
+
+# ---- a real barmaid process --------------------------------------------------------------
+
+
+def serve(write_config, daemon: FakePigpiod, flow: float) -> tuple[subprocess.Popen, int]:
+    config = pigpio_config(write_config, daemon.port, flow=flow)
+    return start_process(write_config(config.model_dump(mode="json"), name="process.yaml")), config.server.port
+
+
+def start_process(config_path: Path) -> subprocess.Popen:
+    """`python -m barmaid serve --config PATH`, once it says it listens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "barmaid", "serve", "--config", str(config_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    for line in process.stderr:
+        if "listening" in line:
+            return process
+    raise AssertionError(f"barmaid did not start: exit status {process.wait(5)}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_pour_switches_every_pump_off_and_exits_0(daemon, write_config, signum):
+    process, port = serve(write_config, daemon, flow=5.0)  # 20 ml at 5 ml/s: 4 s
+    try:
+        client = Peer(f"ws://127.0.0.1:{port}/")
+        client.send(blend(20))
+        client.recv_until(lambda m: m["type"] == "status")
+        assert daemon.wait_for(lambda: daemon.level(DEFAULT_GPIOS[0]) == 1, 1)
+        sent = time.monotonic()
+        process.send_signal(signum)
+        assert process.wait(5) == 0
+        assert time.monotonic() - sent < 2
+        assert not daemon.wave_busy()
+        assert all(daemon.level(g) == 0 for g in DEFAULT_GPIOS)
+        assert "every pump off" in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_sigkill_mid_pour_cannot_stretch_it_the_daemon_stops_the_pumps_on_time(daemon, write_config):
+    process, port = serve(write_config, daemon, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
+    try:
+        client = Peer(f"ws://127.0.0.1:{port}/")
+        daemon.clear_history()
+        client.send(blend(30))
+        client.recv_until(lambda m: m["type"] == "status")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(5)
+        assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
+        for gpio in DEFAULT_GPIOS[:2]:
+            assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=0.002)]
+        assert all(daemon.level(g) == 0 for g in DEFAULT_GPIOS)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def sim_process(write_config):
+    """A barmaid process with fast simulated pumps; yields (config path, url)."""
+    config = load_config(write_config({"server": {"host": "127.0.0.1", "port": free_port()}, "pumps": fast_pumps()}))
+    path = write_config(config.model_dump(mode="json"), name="smoke.yaml")
+    process = start_process(path)
+    yield path, f"ws://127.0.0.1:{config.server.port}"
+    process.terminate()
+    process.wait(5)
+
+
+def smoke_test(config_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    script = ROOT / "scripts" / "smoke_test.py"
+    command = [sys.executable, str(script), "--yes", "--config", str(config_path), "--url", url, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def test_the_smoke_test_script_passes_against_a_simulated_server(sim_process):
+    result = smoke_test(*sim_process, "--ml", "20", "--pumps", "0,3,7")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = result.stdout.splitlines()
+    assert table[0].split()[:3] == ["what", "expected", "s"]
+    assert [line.split()[:4] for line in table[1:6]] == [
+        ["echo", "0.000"] + table[1].split()[2:4],
+        ["pump", "0", "0.050", table[2].split()[3]],
+        ["pump", "3", "0.050", table[3].split()[3]],
+        ["pump", "7", "0.050", table[4].split()[3]],
+        ["pump", "0", "+", "pump"],
+    ]
+    assert table[-1] == "5 passed, 0 failed"
+
+
+def test_the_smoke_test_script_fails_when_a_pour_is_refused(sim_process):
+    # 2 l is over limits.max_cup_size: the server refuses, and the script must say so.
+    result = smoke_test(*sim_process, "--ml", "2000", "--pumps", "1")
+    assert result.returncode == 1
+    assert "cup_size" in result.stdout
+    assert result.stdout.splitlines()[-1] == "1 passed, 1 failed"
+
+
+def test_long_delays_are_split_so_dma_never_times_one_longer_than_a_minute(daemon):
+    driver = PigpioDriver(DEFAULT_GPIOS, 1800, DriverConfig(host="127.0.0.1", port=daemon.port))
+    try:
+        pulses = driver._pulses({0: 150.0, 1: 0.5})
+        assert [(p.gpio_on, p.gpio_off, p.delay) for p in pulses] == [
+            ((1 << 5) | (1 << 6), 0, 500_000),
+            (0, 1 << 6, 60_000_000),
+            (0, 0, 60_000_000),
+            (0, 0, 29_500_000),
+            (0, 1 << 5, 0),
+        ]
+    finally:
+        driver.close()
