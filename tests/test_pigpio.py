@@ -86,6 +86,16 @@ def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
     return {"type": "blend", "data": {"cup_size": cup, "ratios": {str(p): 1 / len(pumps) for p in pumps}}}
 
 
+def test_daemon_address_falls_back_to_pigpio_environment_variables(monkeypatch):
+    monkeypatch.setenv("PIGPIO_ADDR", "pi.local")
+    monkeypatch.setenv("PIGPIO_PORT", "7777")
+    assert DriverConfig().daemon_address() == ("pi.local", 7777)
+    assert DriverConfig(host="10.0.0.2", port=8889).daemon_address() == ("10.0.0.2", 8889)
+    monkeypatch.delenv("PIGPIO_ADDR")
+    monkeypatch.delenv("PIGPIO_PORT")
+    assert DriverConfig().daemon_address() == ("localhost", 8888)
+
+
 @pytest.mark.parametrize("active_low", [False, True])
 def test_every_pump_pin_is_an_output_at_its_off_level_before_any_client(daemon, active_low):
     driver = PigpioDriver(DEFAULT_GPIOS, 120, DriverConfig(host="127.0.0.1", port=daemon.port, active_low=active_low))
@@ -137,12 +147,15 @@ def test_daemon_lost_mid_pour_ends_the_action_tells_every_client_and_reconnects(
     a, b = peer(server), peer(server)
     a.send(blend(400))  # one second
     a.recv_until(lambda m: m["type"] == "status")
+    notifier = server.controller.driver._pi._notify  # pigpio's thread for this connection
     daemon.drop_connections(keep_listening=True)
     for client in (a, b):
         messages = client.recv_until(is_final_status)
         errors = [m["data"]["msg"] for m in messages if m["type"] == "error"]
         assert len(errors) == 1 and "pigpio daemon" in errors[0] and "stopped" in errors[0]
     assert server.controller.state == "idle"
+    # The dead client was stopped: its notification thread would otherwise spin at 100 % CPU.
+    assert eventually(lambda: not notifier.is_alive())
     # Reconnected, with the off levels written again before the next pour.
     assert eventually(lambda: server.controller.driver.available and daemon.connection_count() >= 2)
     a.send(blend(10))
