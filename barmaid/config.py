@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -65,6 +66,8 @@ class LimitsConfig(BaseModel):
     max_cup_size: float = Field(1.0, gt=0, le=20)
     #: No pump is ever commanded on for longer than this, whatever the request.
     max_pump_seconds: float = Field(120.0, gt=0, le=1800)
+    #: Most pumps on at once (power supplies that cannot feed all); None: no cap.
+    max_parallel_pumps: Optional[int] = Field(None, ge=1, le=32)
 
 
 class PumpConfig(BaseModel):
@@ -74,20 +77,33 @@ class PumpConfig(BaseModel):
     gpio: int = Field(ge=2, le=27)
     flow_ml_s: float = Field(DEFAULT_FLOW_ML_S, gt=0, le=1000)
     prime_ml: float = Field(8.0, ge=0, le=1000)
+    #: What a full bottle holds; None: its level is not tracked.
+    capacity_ml: Optional[float] = Field(None, gt=0, le=100_000)
 
 
 def _default_pumps() -> tuple[PumpConfig, ...]:
     return tuple(PumpConfig(gpio=g, prime_ml=p) for g, p in zip(DEFAULT_GPIOS, DEFAULT_PRIME_ML))
 
 
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("BARMAID_DATA_DIR") or platformdirs.user_data_dir("barmaid"))
+
+
 class Config(BaseModel):
     model_config = _STRICT
 
+    #: Where levels, calibrations and the pour history are kept (barmaid.db).
+    data_dir: Path = Field(default_factory=_default_data_dir)
     server: ServerConfig = ServerConfig()
     driver: DriverConfig = DriverConfig()
     limits: LimitsConfig = LimitsConfig()
     #: List position is the pump number the protocol uses.
     pumps: tuple[PumpConfig, ...] = Field(default_factory=_default_pumps, min_length=1, max_length=32)
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_as_path(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, str) else value
 
     @field_validator("pumps", mode="before")
     @classmethod

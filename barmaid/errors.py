@@ -26,3 +26,7 @@ class PumpsUnavailable(BarmaidError, RuntimeError):
 
 class PourRejected(BarmaidError, ValueError):
     """A pour the driver cannot carry out exactly (too long, too many pulses)."""
+
+
+class StoreError(BarmaidError, RuntimeError):
+    """The data directory cannot be written (read-only, full); nothing was poured."""

@@ -10,9 +10,9 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, WithJsonSchema, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import BadMessage
 
@@ -41,8 +41,27 @@ def _finite(value: Any) -> Optional[float]:
     return number if math.isfinite(number) else None
 
 
+def positive(value: Any, field: str) -> float:
+    """A finite JSON number > 0, or ValueError naming the field and the value."""
+    number = _finite(value)
+    if number is None or number <= 0:
+        raise ValueError(f"{field} must be a number > 0, got {_clip(json.dumps(value))}")
+    return number
+
+
 def _limits(info: ValidationInfo) -> Limits:
     return info.context["limits"]
+
+
+_PUMP_KEY = {"type": "string", "pattern": "^[0-9]{1,3}$"}
+#: A configured pump's number; the GUI sends it as a string ("4") as often as an integer.
+PumpNumber = Annotated[
+    int,
+    BeforeValidator(lambda value, info: pump_number(value, _limits(info), info.field_name)),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, _PUMP_KEY], "description": "a pump number"}),
+]
+#: A finite number > 0 (seconds, millilitres).
+Positive = Annotated[float, BeforeValidator(lambda value, info: positive(value, info.field_name)), Field(gt=0)]
 
 
 def pump_number(value: Any, limits: Limits, field: str = "pump") -> int:
@@ -88,8 +107,11 @@ class Blend(Request):
 
     type: ClassVar[str] = "blend"
     seed: ClassVar[bool] = True
-    cup_size: float = Field(description="litres, > 0 and <= limits.max_cup_size")
-    ratios: dict[int, float] = Field(description='pump number (as a string, "0") -> share of the cup, 0..1')
+    cup_size: float = Field(gt=0, description="litres, > 0 and <= limits.max_cup_size")
+    ratios: dict[int, Annotated[float, Field(ge=0, le=1)]] = Field(
+        description='pump number (as a string, "0") -> share of the cup, 0..1; the shares add up to 1 at most',
+        json_schema_extra={"propertyNames": _PUMP_KEY, "minProperties": 1},
+    )
 
     @field_validator("cup_size", mode="before")
     @classmethod
@@ -130,15 +152,86 @@ class Refill(Request):
 
     type: ClassVar[str] = "refill"
     seed: ClassVar[bool] = True
-    pump: int = Field(description='pump number, an integer or a string of digits ("4")')
+    pump: PumpNumber
 
-    @field_validator("pump", mode="before")
+
+class Stop(Request):
+    """Ends whatever runs now: every pump off, back to idle."""
+
+    type: ClassVar[str] = "stop"
+    needs_data: ClassVar[bool] = False
+
+
+class State(Request):
+    """Asks for the machine's state; the sender then also gets it on every change."""
+
+    type: ClassVar[str] = "state"
+    needs_data: ClassVar[bool] = False
+
+
+class History(Request):
+    """Asks for the last pours, newest first."""
+
+    type: ClassVar[str] = "history"
+    needs_data: ClassVar[bool] = False
+    limit: int = Field(20, ge=1, le=500, strict=True)
+
+
+class SetLevel(Request):
+    """Sets what is left in one pump's bottle, by hand."""
+
+    type: ClassVar[str] = "set_level"
+    pump: PumpNumber
+    ml: float = Field(ge=0, description="millilitres left; 0 or more, at most the bottle's capacity_ml")
+
+    @field_validator("ml", mode="before")
     @classmethod
-    def _pump(cls, value: Any, info: ValidationInfo) -> int:
-        return pump_number(value, _limits(info))
+    def _ml(cls, value: Any) -> float:
+        number = _finite(value)
+        if number is None or number < 0:
+            raise ValueError(f"ml must be a number of millilitres >= 0, got {_clip(json.dumps(value))}")
+        return number
 
 
-REQUESTS: dict[str, type[Request]] = {cls.type: cls for cls in (Blend, Refill, Echo)}
+class Calibrate(Request):
+    """Runs one pump for exactly `seconds`, to measure what it pours."""
+
+    type: ClassVar[str] = "calibrate"
+    pump: PumpNumber
+    seconds: Positive = Field(description="how long the pump runs; at most limits.max_pump_seconds")
+
+
+class SetFlow(Request):
+    """Sets flow_ml_s = ml / seconds of that pump's last calibration run."""
+
+    type: ClassVar[str] = "set_flow"
+    pump: PumpNumber
+    ml: Positive = Field(description="millilitres measured after the last calibrate of this pump")
+
+
+class Clean(Request):
+    """Runs the listed pumps (default all) for `seconds` each, to rinse the tubes."""
+
+    type: ClassVar[str] = "clean"
+    seconds: Positive = Field(description="how long each pump runs; at most limits.max_pump_seconds")
+    pumps: Optional[tuple[int, ...]] = Field(None, description="pump numbers; default: every pump")
+
+    @field_validator("pumps", mode="before")
+    @classmethod
+    def _pumps(cls, value: Any, info: ValidationInfo) -> Optional[tuple[int, ...]]:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"pumps must be a non-empty list of pump numbers, got {_clip(json.dumps(value))}")
+        pumps = tuple(pump_number(v, _limits(info), field="pumps item") for v in value)
+        if len(set(pumps)) != len(pumps):
+            raise ValueError(f"pumps names a pump twice: {_clip(json.dumps(value))}")
+        return pumps
+
+
+REQUESTS: dict[str, type[Request]] = {
+    cls.type: cls for cls in (Blend, Refill, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, Clean)
+}
 
 
 def parse(frame: str, limits: Limits) -> Request:
@@ -215,7 +308,7 @@ class Status(Reply):
     type: ClassVar[str] = "status"
     seed: ClassVar[bool] = True
     remaining_time: int = Field(ge=0, description="whole seconds to the end, rounded up")
-    action: Optional[Literal["blend", "refill"]] = None
+    action: Optional[Literal["blend", "refill", "calibrate", "clean"]] = None
     initial_time: Optional[int] = Field(None, ge=0, description="remaining_time of the first status")
 
 
@@ -227,6 +320,64 @@ class Error(Reply):
     msg: str
 
 
+class EchoReply(Reply):
+    """The data of an echo, exactly as it came (any JSON value)."""
+
+    type: ClassVar[str] = "echo"
+    seed: ClassVar[bool] = True
+
+
+class Stopped(Reply):
+    """The answer to `stop`, to its sender: what was stopped, or that nothing ran."""
+
+    type: ClassVar[str] = "stopped"
+    action: Optional[str] = Field(None, description="the action stopped; absent when nothing ran")
+    after: Optional[float] = Field(None, description="seconds it had run")
+    msg: str
+
+
+class PumpState(BaseModel):
+    pump: int
+    flow_ml_s: float
+    prime_ml: float
+    level_ml: Optional[float] = Field(None, description="what is left in the bottle; null: not tracked")
+    capacity_ml: Optional[float] = Field(None, description="a full bottle; null: unknown")
+    calibration_seconds: Optional[float] = Field(None, description="length of the last calibrate run")
+
+
+class StateReply(Reply):
+    """The machine's state, to whoever asked, and on every change to every client that did."""
+
+    type: ClassVar[str] = "state"
+    state: str = Field(description="idle, blending, refilling, calibrating or cleaning")
+    action: Optional[str] = None
+    remaining_time: int = Field(ge=0)
+    pumps: list[PumpState]
+
+    def frame(self) -> str:  # level_ml null means "not tracked": keep the nulls
+        return json.dumps({"type": self.type, "data": self.model_dump(mode="json")})
+
+
+class PourEntry(BaseModel):
+    id: int
+    started: float = Field(description="Unix time")
+    ended: Optional[float] = None
+    action: str
+    planned_ml: dict[int, float]
+    poured_ml: Optional[dict[int, float]] = None
+    outcome: str = Field(description="running, completed, stopped, lost, shut down, failed or interrupted")
+
+
+class HistoryReply(Reply):
+    """The last pours, newest first."""
+
+    type: ClassVar[str] = "history"
+    pours: list[PourEntry]
+
+
+REPLIES: tuple[type[Reply], ...] = (Status, Error, EchoReply, Stopped, StateReply, HistoryReply)
+
+
 def echo_frame(data: Any) -> str:
     """The echo reply: the data exactly as it came."""
     return json.dumps({"type": "echo", "data": data})
@@ -234,3 +385,31 @@ def echo_frame(data: Any) -> str:
 
 def error_frame(msg: str) -> str:
     return Error(msg=msg).frame()
+
+
+def schema() -> dict[str, Any]:
+    """JSON Schema of every message, both ways, from the models `parse` and the replies use."""
+    defs: dict[str, Any] = {}
+
+    def envelope(model: type[BaseModel], kind: str, seed: bool, required: bool, mode: str) -> dict[str, Any]:
+        data: dict[str, Any] = {}  # any JSON value: the echo's data
+        if model not in (Echo, EchoReply):
+            body = model.model_json_schema(ref_template="#/$defs/{model}", mode=mode)
+            defs.update(body.pop("$defs", {}))
+            defs[model.__name__] = body
+            data = {"$ref": f"#/$defs/{model.__name__}"}
+        return {
+            "type": "object",
+            "description": f"{'seed' if seed else 'new'}: {model.__doc__.strip()}",
+            "properties": {"type": {"const": kind}, "data": data},
+            "required": ["type", "data"] if required else ["type"],
+        }
+
+    inbound = [envelope(m, m.type, m.seed, m.needs_data, "validation") for m in REQUESTS.values()]
+    outbound = [envelope(m, m.type, m.seed, True, "serialization") for m in REPLIES]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "barmaid WebSocket protocol",
+        "$defs": {**defs, "ToServer": {"oneOf": inbound}, "FromServer": {"oneOf": outbound}},
+        "oneOf": [{"$ref": "#/$defs/ToServer"}, {"$ref": "#/$defs/FromServer"}],
+    }

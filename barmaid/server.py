@@ -7,13 +7,15 @@ sender, and the connection, the machine state and the pumps stay as they were.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import threading
+from typing import Optional
 
 from .config import Config
 from .drivers.base import Driver
 from .errors import BarmaidError
 from .machine import Controller
-from .protocol import Blend, Echo, Limits, Refill, Request, echo_frame, error_frame, parse
+from .protocol import Echo, Limits, SetFlow, SetLevel, State, echo_frame, error_frame, parse
+from .store import Store
 from .transport import Client, Transport
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,11 @@ log.addHandler(logging.NullHandler())
 class BarmaidServer:
     """barmaid on a port: a transport, a controller and the driver it owns."""
 
-    def __init__(self, config: Config, driver: Driver) -> None:
+    def __init__(self, config: Config, driver: Driver, store: Optional[Store] = None) -> None:
+        """
+        Args:
+            store: levels, calibrations, history; by default barmaid.db in config.data_dir.
+        """
         self.config = config
         self.limits = Limits(pumps=len(config.pumps), max_cup_size=config.limits.max_cup_size)
         self.transport = Transport(
@@ -33,13 +39,18 @@ class BarmaidServer:
             max_message_bytes=config.server.max_message_bytes,
             max_clients=config.server.max_clients,
             allowed_origins=config.server.allowed_origins,
+            on_leave=self._forget,
         )
-        self.controller = Controller(config, driver, self.transport.broadcast)
-        self._handlers: dict[type[Request], Callable[[Client, Request], None]] = {
-            Echo: self._echo,
-            Blend: self._pour,
-            Refill: self._pour,
-        }
+        #: Clients that asked for the state once: they get it on every change.
+        self._watchers: set[int] = set()
+        self._watchers_lock = threading.Lock()
+        self.controller = Controller(
+            config,
+            driver,
+            self.transport.broadcast,
+            store=store or Store(config.data_dir),
+            publish=self._publish_state,
+        )
 
     @property
     def port(self) -> int:
@@ -65,15 +76,29 @@ class BarmaidServer:
     def _on_message(self, client: Client, text: str) -> None:
         try:
             request = parse(text, self.limits)
-            self._handlers[type(request)](client, request)
+            if isinstance(request, Echo):
+                client.send(echo_frame(request.data))
+                return
+            if isinstance(request, (State, SetLevel, SetFlow)):  # they see the state from now on
+                with self._watchers_lock:
+                    self._watchers.add(client.id)
+            reply = self.controller.submit(request)
+            if reply is not None:
+                client.send(reply.frame())
         except BarmaidError as exc:
             client.send(error_frame(str(exc)))
         except Exception:
             log.exception("failed on %.200r from %r", text, client)
             client.send(error_frame("internal error (logged on the server); the pumps are safe, try again"))
 
-    def _echo(self, client: Client, request: Echo) -> None:
-        client.send(echo_frame(request.data))
+    def _publish_state(self, frame: str) -> None:
+        # `state` is not in the seed protocol: only clients that asked for it get it.
+        with self._watchers_lock:
+            watchers = set(self._watchers)
+        for client in self.transport.clients():
+            if client.id in watchers:
+                client.send(frame)
 
-    def _pour(self, client: Client, request: Request) -> None:
-        self.controller.submit(request)
+    def _forget(self, client: Client) -> None:
+        with self._watchers_lock:
+            self._watchers.discard(client.id)

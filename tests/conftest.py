@@ -62,6 +62,14 @@ def assert_countdown(times: list[int], seconds: float) -> None:
     assert times.count(0) == 1 and times[-1] == 0, times
 
 
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test, and every barmaid process it starts, keeps its barmaid.db in its own folder."""
+    folder = tmp_path / "data"
+    monkeypatch.setenv("BARMAID_DATA_DIR", str(folder))
+    return folder
+
+
 # ---- configuration ------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ def test_overrides_apply_to_the_defaults_without_a_file():
     ("text", "says"),
     [
         ("server:\n  prot: 9000\n", ("unknown key 'server.prot'", "allowed: host, port")),
-        ("speed: 3\n", ("unknown key 'speed'", "allowed: server, driver, limits, pumps")),
+        ("speed: 3\n", ("unknown key 'speed'", "allowed: data_dir, server, driver, limits, pumps")),
         ("pumps:\n  - {gpio: 5, speed: 3}\n", ("unknown key 'pumps.0.speed'", "allowed: gpio, flow_ml_s, prime_ml")),
         ("server:\n  port: '8765'\n", ("server.port = '8765'", "valid integer")),
         ("server:\n  port: true\n", ("server.port = True", "valid integer")),

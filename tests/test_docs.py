@@ -1,5 +1,6 @@
 """The README's promises: its diagram is `barmaid diagram`, its test command is what CI runs."""
 
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +13,14 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def test_readme_diagram_is_the_diagram_command_output():
     block = re.search(r"```mermaid\n(.*?)```", README, re.S)
     assert block, "README has no mermaid block"
-    assert block.group(1) == draw("mermaid").rstrip("\n") + "\n"
+    assert block.group(1) == draw("mermaid").rstrip("\n") + "\n", "run scripts/update_docs.py"
+
+
+def test_the_protocol_schema_file_is_generated_from_the_models():
+    from barmaid.protocol import schema
+
+    on_disk = json.loads((ROOT / "docs" / "protocol.schema.json").read_text(encoding="utf-8"))
+    assert on_disk == schema(), "run scripts/update_docs.py"
 
 
 def test_ci_runs_the_readme_test_command():

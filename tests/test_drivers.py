@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 
 from barmaid.config import DriverConfig
-from barmaid.drivers.base import Driver
+from barmaid.drivers.base import Driver, Span
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import PourRejected
@@ -87,6 +87,20 @@ def test_a_pour_starts_every_pump_at_one_instant_and_stops_each_on_time(rig):
     on_times = rig.on_times()
     for pump, seconds in plan.items():
         assert on_times[pump] == [pytest.approx(seconds, abs=0.002)]
+
+
+def test_a_staggered_pour_switches_each_pump_at_its_span(rig):
+    plan = {0: Span(0.0, 0.040), 1: Span(0.0, 0.020), 2: Span(0.020, 0.050)}
+    rig.driver.pour(plan)
+    assert rig.wait_for(lambda: len(rig.timeline()) == 6, 2)
+    events = rig.timeline()
+    t0 = events[0][0]
+    seen = {(pump, on): t - t0 for t, pump, on in events}
+    for pump, span in plan.items():
+        assert seen[pump, True] == pytest.approx(span.start, abs=0.002)
+        assert seen[pump, False] == pytest.approx(span.stop, abs=0.002)
+    # pump 1 hands over to pump 2 at one instant: never three pumps on at once
+    assert seen[1, False] == pytest.approx(seen[2, True], abs=0.001)
 
 
 def test_pours_follow_each_other(rig):

@@ -53,11 +53,15 @@ def _state(spec: dict, name: str) -> dict:
     return next(s for s in spec["states"] if s["name"] == name)
 
 
-def test_real_states_yaml_loads_idle_blending_refilling():
+def test_real_states_yaml_loads_every_state_and_trigger():
     definition = load_definition()
     assert definition["initial"] == "idle"
-    assert {state["name"] for state in definition["states"]} == {"idle", "blending", "refilling"}
-    assert {"blend", "refill", "finish", "abort"} <= {t["trigger"] for t in definition["transitions"]}
+    assert {state["name"] for state in definition["states"]} == {
+        "idle", "blending", "refilling", "calibrating", "cleaning"
+    }
+    assert {t["trigger"] for t in definition["transitions"]} == {
+        "blend", "refill", "calibrate", "clean", "finish", "stop", "abort"
+    }
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,39 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from ..errors import PourRejected
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
-#: pump number -> seconds that pump runs; every pump starts at the same instant.
-Plan = Mapping[int, float]
+
+class Span(NamedTuple):
+    """When one pump runs, in seconds from the start of the pour."""
+
+    start: float
+    stop: float
+
+    @property
+    def seconds(self) -> float:
+        return self.stop - self.start
+
+
+#: pump number -> its Span, or just its seconds (then it starts with the pour).
+Plan = Mapping[int, Union[Span, float]]
+
+
+def spans(plan: Plan) -> dict[int, Span]:
+    """The plan with every pump as a Span."""
+    return {pump: s if isinstance(s, Span) else Span(0.0, float(s)) for pump, s in plan.items()}
+
+
+def switches(plan: Plan) -> list[tuple[float, int, bool]]:
+    """Every switch of a plan as (seconds from start, pump, on), in order; offs first at a tie."""
+    events = [(span.start, pump, True) for pump, span in spans(plan).items()]
+    events += [(span.stop, pump, False) for pump, span in spans(plan).items()]
+    return sorted(events, key=lambda e: (e[0], e[2], e[1]))
 
 
 class Driver(ABC):
@@ -24,8 +48,9 @@ class Driver(ABC):
 
     A driver MUST:
       - leave every pump off once constructed (and once it (re)connects to its hardware);
-      - time each pour itself: `pour` returns at once, every pump of the plan starts at one
-        instant and stops by itself after its seconds, whether or not the caller lives on;
+      - time each pour itself: `pour` returns at once; each pump of the plan switches on and
+        off by itself at its Span's times (pumps that start together, at one instant), whether
+        or not the caller lives on;
       - `halt`: stop the pour in progress and switch every pump off; idempotent, any time;
       - `close`: halt, then release the hardware; idempotent;
       - refuse in `check`, before anything moves, a plan it cannot time exactly.
@@ -48,12 +73,12 @@ class Driver(ABC):
 
     def check(self, plan: Plan) -> None:
         """Raises PourRejected if the plan cannot be poured exactly; moves nothing."""
-        for pump, seconds in plan.items():
+        for pump, span in spans(plan).items():
             if not 0 <= pump < len(self.gpios):
                 raise PourRejected(f"pump {pump} is not configured (pumps 0 to {len(self.gpios) - 1})")
-            if not 0 < seconds <= self.max_pump_seconds:
+            if span.start < 0 or not 0 < span.seconds <= self.max_pump_seconds:
                 raise PourRejected(
-                    f"pump {pump} would run {seconds:.1f} s, over limits.max_pump_seconds"
+                    f"pump {pump} would run {span.seconds:.1f} s, over limits.max_pump_seconds"
                     f" ({self.max_pump_seconds:g} s); pour less or raise the limit"
                 )
         if not plan:
@@ -62,6 +87,9 @@ class Driver(ABC):
     @abstractmethod
     def pour(self, plan: Plan) -> float:
         """Starts the pour and returns its start on time.monotonic(); does not wait for it.
+
+        The time returned is no earlier than the real start, so an owner that halts at
+        start + the longest Span never cuts a pump short.
 
         Raises:
             PourRejected: the plan cannot be poured (see `check`); nothing moved.

@@ -18,7 +18,7 @@ import pigpio
 
 from ..config import DriverConfig
 from ..errors import PourRejected, PumpsUnavailable
-from .base import Driver, Plan
+from .base import Driver, Plan, spans, switches
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -33,6 +33,24 @@ BACKOFF = (0.5, 10.0)
 MAX_DELAY_US = 60_000_000
 #: What a lost daemon looks like through the pigpio client (P3): no error of its own.
 _LOST = (OSError, struct.error, AttributeError, TypeError)
+
+
+class _TimedSockets:
+    """The socket module as pigpio sees it, with a timeout on every connection it opens.
+
+    pigpio.pi() opens two sockets and waits for the daemon's answers without a timeout (P2): a
+    hung daemon would hold the reconnect for ever. Only pigpio's own module sees this.
+    """
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(socket, name)
+
+    @staticmethod
+    def create_connection(address: tuple[str, int], timeout: object = None) -> socket.socket:
+        return socket.create_connection(address, COMMAND_TIMEOUT)
+
+
+pigpio.socket = _TimedSockets()
 
 
 class PigpioDriver(Driver):
@@ -63,7 +81,7 @@ class PigpioDriver(Driver):
             return  # not connected: pour() will say so before anything moves
         if len(self._pulses(plan)) > max_pulses:
             raise PourRejected(f"a pour of {len(plan)} pumps needs more than the daemon's {max_pulses} pulses")
-        longest = round(max(plan.values()) * 1e6)
+        longest = round(max(span.stop for span in spans(plan).values()) * 1e6)
         if longest > max_micros:
             raise PourRejected(
                 f"a pour of {longest / 1e6:.1f} s is longer than the daemon's longest wave ({max_micros / 1e6:.0f} s)"
@@ -116,15 +134,18 @@ class PigpioDriver(Driver):
         return (mask, 0) if high else (0, mask)
 
     def _pulses(self, plan: Plan) -> list[pigpio.pulse]:
-        """All pumps on at 0; each group that ends at the same microsecond off at its time."""
-        ends: dict[int, list[int]] = {}
-        for pump, seconds in plan.items():
-            ends.setdefault(round(seconds * 1e6), []).append(pump)
-        times = sorted(ends)
-        pulses = self._wait(self._levels(list(plan), True), times[0])
+        """One pulse per instant at which pumps switch, then the delay to the next instant."""
+        instants: dict[int, tuple[list[int], list[int]]] = {}
+        for at, pump, on in switches(plan):
+            instants.setdefault(round(at * 1e6), ([], []))[0 if on else 1].append(pump)
+        times = sorted(instants)
+        pulses = [] if times[0] == 0 else [pigpio.pulse(0, 0, times[0])]
         for i, at in enumerate(times):
+            ons, offs = instants[at]
+            on_set, on_clear = self._levels(ons, True)
+            off_set, off_clear = self._levels(offs, False)
             delay = times[i + 1] - at if i + 1 < len(times) else 0
-            pulses += self._wait(self._levels(ends[at], False), delay)
+            pulses += self._wait((on_set | off_set, on_clear | off_clear), delay)
         return pulses
 
     @staticmethod
@@ -150,15 +171,15 @@ class PigpioDriver(Driver):
     def _connect(self) -> bool:
         """One attempt: connect, every pump off, read the daemon's limits. True on success."""
         try:
-            # pigpio.pi() connects without a timeout and never raises (P1, P2): probe first.
+            # pigpio.pi() never raises (P1): probe first, to say why it cannot connect.
             socket.create_connection((self.host, self.port), timeout=COMMAND_TIMEOUT).close()
-            pi = pigpio.pi(self.host, self.port, show_errors=False)
         except OSError as exc:
             return self._unreachable(exc.strerror or str(exc))
+        pi = pigpio.pi(self.host, self.port, show_errors=False)
         if not pi.connected:
-            return self._unreachable("connection refused by the pigpio client")
+            return self._unreachable("the daemon did not answer")
         try:
-            pi.sl.s.settimeout(COMMAND_TIMEOUT)
+            self._end_notifications(pi)
             pi.wave_tx_stop()
             for gpio in self.gpios:
                 # Level first, then mode: the pin never drives the "on" level, even briefly.
@@ -246,16 +267,17 @@ class PigpioDriver(Driver):
             self._lose(exc)
 
     @staticmethod
+    def _end_notifications(pi: pigpio.pi) -> None:
+        """Ends pigpio's notification thread: barmaid needs no GPIO callbacks, and on a dead
+        daemon's socket that thread spins at 100 % CPU (P3)."""
+        notify, pi._notify = pi._notify, None
+        notify.stop()
+        notify.join(COMMAND_TIMEOUT)
+
+    @staticmethod
     def _discard(pi: pigpio.pi) -> None:
-        """Stops a pigpio client even when its daemon is gone (its thread would spin, P3)."""
-        notify = pi._notify
-        if notify is not None:
-            notify.go = False
+        """Closes a pigpio client, even one whose daemon is gone."""
         try:
             pi.stop()
         except _LOST:
-            for sock in (getattr(notify, "sl", None), pi.sl):
-                try:
-                    sock.s.close()
-                except (AttributeError, OSError):
-                    pass
+            pass

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable, NamedTuple, Sequence
 
-from .base import Driver, Plan
+from .base import Driver, Plan, switches
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -36,7 +36,7 @@ class SimulatedDriver(Driver):
         self._clock = clock
         self._cond = threading.Condition()
         self._on: set[int] = set()
-        self._offs: list[tuple[float, int]] = []  # (deadline, pump), soonest last
+        self._due: list[tuple[float, int, bool]] = []  # (deadline, pump, on), soonest last
         self._closed = False
         self.timeline: list[Switch] = []
         self._thread = threading.Thread(target=self._run, name="barmaid-sim-pumps", daemon=True)
@@ -51,21 +51,20 @@ class SimulatedDriver(Driver):
         with self._cond:
             self._all_off()
             t0 = self._clock()
-            for pump in sorted(plan):
-                self._switch(t0, pump, True)
-            self._offs = sorted(((t0 + s, p) for p, s in plan.items()), reverse=True)
+            self._due = [(t0 + at, pump, on) for at, pump, on in reversed(switches(plan))]
+            self._run_due(t0)
             self._cond.notify_all()
         return t0
 
     def halt(self) -> None:
         with self._cond:
-            self._offs.clear()
+            self._due.clear()
             self._all_off()
             self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
-            self._offs.clear()
+            self._due.clear()
             self._all_off()
             self._closed = True
             self._cond.notify_all()
@@ -75,16 +74,20 @@ class SimulatedDriver(Driver):
     def _run(self) -> None:
         with self._cond:
             while not self._closed:
-                if not self._offs:
+                if not self._due:
                     self._cond.wait()
                     continue
-                deadline, pump = self._offs[-1]
                 now = self._clock()
-                if now < deadline:
-                    self._cond.wait(deadline - now)
+                if now < self._due[-1][0]:
+                    self._cond.wait(self._due[-1][0] - now)
                     continue
-                self._offs.pop()
-                self._switch(now, pump, False)
+                self._run_due(now)
+
+    def _run_due(self, now: float) -> None:
+        """Switches every pump whose time has come; those due together at one instant."""
+        while self._due and self._due[-1][0] <= now:
+            _, pump, on = self._due.pop()
+            self._switch(now, pump, on)
 
     def _all_off(self) -> None:
         now = self._clock()
