@@ -411,5 +411,5 @@ def schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "barmaid WebSocket protocol",
         "$defs": {**defs, "ToServer": {"oneOf": inbound}, "FromServer": {"oneOf": outbound}},
-        "oneOf": [{"$ref": "#/$defs/ToServer"}, {"$ref": "#/$defs/FromServer"}],
+        "anyOf": [{"$ref": "#/$defs/ToServer"}, {"$ref": "#/$defs/FromServer"}],
     }

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Union
 
+import jsonschema
 import pytest
 import websocket
 import yaml
@@ -20,6 +21,7 @@ import yaml
 from barmaid.config import DEFAULT_GPIOS, Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.machine import Controller
+from barmaid.protocol import schema
 from barmaid.server import BarmaidServer
 
 #: Longest wait for one expected message; a healthy server answers in milliseconds.
@@ -33,6 +35,18 @@ def fast_pumps(flow_ml_s: float = FAST_FLOW_ML_S, prime_ml: Optional[float] = No
         {"gpio": gpio, "flow_ml_s": flow_ml_s, "prime_ml": 20.0 + 10 * i if prime_ml is None else prime_ml}
         for i, gpio in enumerate(DEFAULT_GPIOS)
     ]
+
+
+#: Every message a test receives from barmaid is checked against the published protocol schema.
+_FROM_SERVER = jsonschema.Draft202012Validator({"$defs": schema()["$defs"], "$ref": "#/$defs/FromServer"})
+
+
+def from_server(frame: str) -> dict[str, Any]:
+    """A frame the server sent, parsed, after checking it against docs/protocol.schema.json."""
+    message = json.loads(frame)
+    errors = sorted(_FROM_SERVER.iter_errors(message), key=str)
+    assert not errors, f"server sent a message outside the protocol schema: {frame}\n{errors[0].message}"
+    return message
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = RECV_TIMEOUT) -> bool:
@@ -107,6 +121,7 @@ class Broadcasts:
         self._cond = threading.Condition()
 
     def __call__(self, frame: str) -> None:
+        from_server(frame)
         with self._cond:
             self.messages.append(json.loads(frame))
             self._cond.notify_all()
@@ -190,7 +205,7 @@ def recv_until(
             pytest.fail(f"no matching message within {timeout} s; received {messages}")
         if not text:
             pytest.fail(f"connection closed; received {messages}")
-        messages.append(json.loads(text))
+        messages.append(from_server(text))
         if predicate(messages[-1]):
             return messages
 
