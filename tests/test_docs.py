@@ -45,3 +45,11 @@ def test_the_service_forces_every_default_pump_pin_off_after_stop():
     assert "pigs wvhlt" in stop_post
     assert f"for g in {' '.join(map(str, DEFAULT_GPIOS))}; do /usr/bin/pigs w $g 0" in stop_post
     assert "Requires=pigpiod.service" in unit and "Restart=on-failure" in unit
+
+
+def test_the_protocol_reference_describes_every_message_both_ways():
+    from barmaid.protocol import REPLIES, REQUESTS
+
+    reference = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for kind in [*REQUESTS, *(reply.type for reply in REPLIES)]:
+        assert f"| `{kind}` |" in reference, f"docs/protocol.md has no table row for {kind}"
