@@ -38,6 +38,8 @@ class ServerConfig(BaseModel):
     max_clients: int = Field(32, ge=1, le=1000)
     #: None: any Origin (GUIs run from file:// or a kiosk); else the Origin headers accepted.
     allowed_origins: Optional[tuple[str, ...]] = None
+    #: None: anyone who reaches the port may pour; else clients present it first.
+    token: Optional[str] = Field(None, min_length=8, max_length=1024)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

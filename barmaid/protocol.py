@@ -91,6 +91,8 @@ class Request(BaseModel):
     needs_data: ClassVar[bool] = True
     #: Seed messages are the original protocol; a seed-only GUI never sees the others.
     seed: ClassVar[bool] = False
+    #: Moves pumps or changes what they pour: needs the token when server.token is set.
+    guarded: ClassVar[bool] = False
 
 
 class Echo(Request):
@@ -106,6 +108,7 @@ class Blend(Request):
     """Pours a cup: every pump with a ratio > 0 runs cup_size*1000*ratio/flow seconds."""
 
     type: ClassVar[str] = "blend"
+    guarded: ClassVar[bool] = True
     seed: ClassVar[bool] = True
     cup_size: float = Field(gt=0, description="litres, > 0 and <= limits.max_cup_size")
     ratios: dict[int, Annotated[float, Field(ge=0, le=1)]] = Field(
@@ -151,6 +154,7 @@ class Refill(Request):
     """Primes the tube of one pump after its bottle was changed: prime_ml at its flow."""
 
     type: ClassVar[str] = "refill"
+    guarded: ClassVar[bool] = True
     seed: ClassVar[bool] = True
     pump: PumpNumber
 
@@ -181,6 +185,7 @@ class SetLevel(Request):
     """Sets what is left in one pump's bottle, by hand."""
 
     type: ClassVar[str] = "set_level"
+    guarded: ClassVar[bool] = True
     pump: PumpNumber
     ml: float = Field(ge=0, description="millilitres left; 0 or more, at most the bottle's capacity_ml")
 
@@ -197,6 +202,7 @@ class Calibrate(Request):
     """Runs one pump for exactly `seconds`, to measure what it pours."""
 
     type: ClassVar[str] = "calibrate"
+    guarded: ClassVar[bool] = True
     pump: PumpNumber
     seconds: Positive = Field(description="how long the pump runs; at most limits.max_pump_seconds")
 
@@ -205,6 +211,7 @@ class SetFlow(Request):
     """Sets flow_ml_s = ml / seconds of that pump's last calibration run."""
 
     type: ClassVar[str] = "set_flow"
+    guarded: ClassVar[bool] = True
     pump: PumpNumber
     ml: Positive = Field(description="millilitres measured after the last calibrate of this pump")
 
@@ -213,6 +220,7 @@ class Clean(Request):
     """Runs the listed pumps (default all) for `seconds` each, to rinse the tubes."""
 
     type: ClassVar[str] = "clean"
+    guarded: ClassVar[bool] = True
     seconds: Positive = Field(description="how long each pump runs; at most limits.max_pump_seconds")
     pumps: Optional[tuple[int, ...]] = Field(None, description="pump numbers; default: every pump")
 
@@ -229,8 +237,15 @@ class Clean(Request):
         return pumps
 
 
+class Hello(Request):
+    """Presents server.token, for clients that cannot put it in the URL (?token=...)."""
+
+    type: ClassVar[str] = "hello"
+    token: str = Field(max_length=1024)
+
+
 REQUESTS: dict[str, type[Request]] = {
-    cls.type: cls for cls in (Blend, Refill, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, Clean)
+    cls.type: cls for cls in (Blend, Refill, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, Clean, Hello)
 }
 
 
@@ -320,6 +335,13 @@ class Error(Reply):
     msg: str
 
 
+class Welcome(Reply):
+    """The answer to a `hello` with the right token: this connection may now pour."""
+
+    type: ClassVar[str] = "welcome"
+    msg: str = "token accepted: this connection may pour"
+
+
 class EchoReply(Reply):
     """The data of an echo, exactly as it came (any JSON value)."""
 
@@ -375,7 +397,7 @@ class HistoryReply(Reply):
     pours: list[PourEntry]
 
 
-REPLIES: tuple[type[Reply], ...] = (Status, Error, EchoReply, Stopped, StateReply, HistoryReply)
+REPLIES: tuple[type[Reply], ...] = (Status, Error, EchoReply, Stopped, StateReply, HistoryReply, Welcome)
 
 
 def echo_frame(data: Any) -> str:

@@ -6,15 +6,17 @@ sender, and the connection, the machine state and the pumps stay as they were.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from typing import Optional
+from urllib.parse import parse_qs, urlsplit
 
 from .config import Config
 from .drivers.base import Driver
-from .errors import BarmaidError
+from .errors import BadMessage, BarmaidError
 from .machine import Controller
-from .protocol import Echo, Limits, SetFlow, SetLevel, State, echo_frame, error_frame, parse
+from .protocol import Echo, Hello, Limits, SetFlow, SetLevel, State, Welcome, echo_frame, error_frame, parse
 from .store import Store
 from .transport import Client, Transport
 
@@ -41,6 +43,8 @@ class BarmaidServer:
             allowed_origins=config.server.allowed_origins,
             on_leave=self._forget,
         )
+        #: Clients that presented server.token (set.add/discard are atomic).
+        self._trusted: set[int] = set()
         #: Clients that asked for the state once: they get it on every change.
         self._watchers: set[int] = set()
         self._watchers_lock = threading.Lock()
@@ -79,6 +83,14 @@ class BarmaidServer:
             if isinstance(request, Echo):
                 client.send(echo_frame(request.data))
                 return
+            if isinstance(request, Hello):
+                client.send(self._hello(client, request).frame())
+                return
+            if request.guarded and not self._may_pour(client):
+                raise BadMessage(
+                    f"{request.type}: this machine needs its token first: connect to ws://host:port/?token=..."
+                    ' or send {"type": "hello", "data": {"token": "..."}}'
+                )
             if isinstance(request, (State, SetLevel, SetFlow)):  # they see the state from now on
                 with self._watchers_lock:
                     self._watchers.add(client.id)
@@ -91,6 +103,24 @@ class BarmaidServer:
             log.exception("failed on %.200r from %r", text, client)
             client.send(error_frame("internal error (logged on the server); the pumps are safe, try again"))
 
+    def _may_pour(self, client: Client) -> bool:
+        token = self.config.server.token
+        if token is None or client.id in self._trusted:
+            return True
+        given = parse_qs(urlsplit(client.path).query).get("token", [""])[0]
+        if hmac.compare_digest(given.encode(), token.encode()):
+            self._trusted.add(client.id)
+            return True
+        return False
+
+    def _hello(self, client: Client, request: Hello) -> Welcome:
+        token = self.config.server.token
+        if token is not None and not hmac.compare_digest(request.token.encode(), token.encode()):
+            log.warning("%r presented a wrong token", client)
+            raise BadMessage("hello: wrong token; ask the machine's owner for server.token")
+        self._trusted.add(client.id)
+        return Welcome()
+
     def _publish_state(self, frame: str) -> None:
         # `state` is not in the seed protocol: only clients that asked for it get it.
         with self._watchers_lock:
@@ -102,3 +132,4 @@ class BarmaidServer:
     def _forget(self, client: Client) -> None:
         with self._watchers_lock:
             self._watchers.discard(client.id)
+        self._trusted.discard(client.id)

@@ -213,8 +213,9 @@ def recv_until(
 class Peer:
     """One WebSocket client of the server under test, speaking JSON."""
 
-    def __init__(self, url: str) -> None:
-        self.ws = websocket.create_connection(url, timeout=5)
+    def __init__(self, url: str, **options: Any) -> None:
+        """`options` go to websocket.create_connection (origin=..., header=...)."""
+        self.ws = websocket.create_connection(url, timeout=5, **options)
 
     def send(self, message: Union[str, dict]) -> None:
         """Sends a raw text frame, or a message given as a dict."""

@@ -1,0 +1,136 @@
+"""Who may pour: server.allowed_origins at the handshake, server.token before any pumping message."""
+
+from __future__ import annotations
+
+import pytest
+import websocket
+
+from barmaid.config import Config
+from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.server import BarmaidServer
+from conftest import Peer, close_quickly, is_final_status
+
+TOKEN = "s3cret-party-token"
+BLEND = {"type": "blend", "data": {"cup_size": 0.01, "ratios": {"0": 1}}}
+
+
+@pytest.fixture
+def start(fast_config: Config):
+    servers = []
+
+    def start_server(**server_settings) -> BarmaidServer:
+        config = fast_config.model_copy(
+            update={"server": fast_config.server.model_copy(update=server_settings)}
+        )
+        server = BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps]))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start_server
+    for server in servers:
+        close_quickly(server)
+
+
+def url(server: BarmaidServer, query: str = "") -> str:
+    return f"ws://127.0.0.1:{server.port}/{query}"
+
+
+def test_a_page_from_an_origin_not_allowed_is_refused_at_the_handshake(start):
+    server = start(allowed_origins=("http://kiosk.local",))
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url(server), timeout=5, origin="http://evil.example")
+    assert refused.value.status_code == 403
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(url(server), timeout=5, suppress_origin=True)
+    allowed = Peer(url(server), origin="http://kiosk.local")
+    allowed.echo("welcome")
+    allowed.close()
+
+
+def test_any_origin_is_accepted_by_default(start):
+    server = start()
+    ws = websocket.create_connection(url(server), timeout=5, origin="file://")
+    ws.close()
+
+
+def test_without_the_token_pumping_messages_are_refused_and_nothing_moves(start):
+    server = start(token=TOKEN)
+    client = Peer(url(server))
+    for message in (
+        BLEND,
+        {"type": "refill", "data": {"pump": 0}},
+        {"type": "calibrate", "data": {"pump": 0, "seconds": 0.1}},
+        {"type": "clean", "data": {"seconds": 0.1}},
+        {"type": "set_level", "data": {"pump": 0, "ml": 5}},
+        {"type": "set_flow", "data": {"pump": 0, "ml": 5}},
+    ):
+        client.send(message)
+        reply = client.recv()
+        assert reply["type"] == "error" and "token" in reply["data"]["msg"], reply
+    client.echo("still served")
+    assert server.controller.driver.timeline == []
+    assert server.controller.state == "idle"
+    client.close()
+
+
+def test_echo_state_history_and_stop_need_no_token(start):
+    server = start(token=TOKEN)
+    client = Peer(url(server))
+    client.echo({"any": "one"})
+    for kind in ("state", "history", "stop"):
+        client.send({"type": kind})
+        assert client.recv()["type"] == {"state": "state", "history": "history", "stop": "stopped"}[kind]
+    client.close()
+
+
+def test_the_token_in_the_query_string_lets_a_seed_gui_pour(start):
+    server = start(token=TOKEN)
+    client = Peer(url(server, f"?token={TOKEN}"))
+    client.send(BLEND)
+    messages = client.recv_until(is_final_status)
+    assert [m["type"] for m in messages] and all(m["type"] == "status" for m in messages)
+    client.close()
+
+
+def test_a_wrong_token_in_the_query_string_pours_nothing(start):
+    server = start(token=TOKEN)
+    client = Peer(url(server, "?token=guess"))
+    client.send(BLEND)
+    assert "token" in client.recv()["data"]["msg"]
+    assert server.controller.driver.timeline == []
+    client.close()
+
+
+def test_hello_with_the_token_opens_this_connection_only(start):
+    server = start(token=TOKEN)
+    trusted, other = Peer(url(server)), Peer(url(server))
+    trusted.send({"type": "hello", "data": {"token": TOKEN}})
+    assert trusted.recv()["type"] == "welcome"
+    other.send(BLEND)
+    assert "token" in other.recv()["data"]["msg"]
+    trusted.send(BLEND)
+    trusted.recv_until(is_final_status)
+    trusted.close()
+    other.close()
+
+
+def test_hello_with_a_wrong_token_is_an_error(start):
+    server = start(token=TOKEN)
+    client = Peer(url(server))
+    client.send({"type": "hello", "data": {"token": "guess"}})
+    reply = client.recv()
+    assert reply["type"] == "error" and "wrong token" in reply["data"]["msg"]
+    client.send(BLEND)
+    assert "token" in client.recv()["data"]["msg"]
+    client.close()
+
+
+def test_without_a_configured_token_hello_is_welcomed_and_blends_need_nothing(start):
+    server = start()
+    client = Peer(url(server))
+    client.send({"type": "hello", "data": {"token": "anything-at-all"}})
+    assert client.recv()["type"] == "welcome"
+    client.send(BLEND)
+    client.recv_until(is_final_status)
+    client.close()
