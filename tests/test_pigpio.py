@@ -22,7 +22,7 @@ import pytest
 import barmaid.drivers.pigpio as pigpio_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
 from barmaid.drivers.pigpio import PigpioDriver
-from barmaid.errors import PumpsUnavailable
+from barmaid.errors import PourRejected
 from barmaid.server import BarmaidServer
 from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
 from fake_pigpiod import FakePigpiod
@@ -196,7 +196,7 @@ def test_a_pour_over_max_pump_seconds_is_refused_before_anything_moves(daemon, w
     driver = PigpioDriver(DEFAULT_GPIOS, 1.0, DriverConfig(host="127.0.0.1", port=daemon.port))
     daemon.clear_history()
     try:
-        with pytest.raises(Exception, match="max_pump_seconds"):
+        with pytest.raises(PourRejected, match="max_pump_seconds"):
             driver.pour({0: 1.5})
         assert daemon.history() == [] and not daemon.wave_busy()
     finally:
