@@ -283,15 +283,16 @@ class Controller:
         with self._lock:
             if self.action is not None:
                 self.abort(outcome="shut down")
-        self.driver.close()
+        try:
+            self.driver.close()
+        finally:
+            self.store.close()
 
     # ---- request handlers -----------------------------------------------------------------
 
     def _pour(self, request: Request) -> None:
         seconds = self.plan(request)
         ml = {p: s * self.flows[p] for p, s in seconds.items()}
-        if isinstance(request, Blend):
-            self._check_levels(ml)
         plan = schedule(seconds, self.config.limits.max_parallel_pumps)
         self.driver.check(plan)
         with self._lock:
@@ -353,6 +354,8 @@ class Controller:
 
     def start_pour(self, event: EventData) -> None:
         action: Action = event.kwargs["action"]
+        if action.kind == "blend":
+            self._check_levels(action.ml)
         action.pour_id = self.store.begin_pour(action.kind, action.ml)  # StoreError: nothing moved
         try:
             action.t0 = self.driver.pour(action.plan)
