@@ -22,6 +22,8 @@ _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 DEFAULT_GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
 #: A 12 V diaphragm pump moves about 1.2 l/min.
 DEFAULT_FLOW_ML_S = 20.0
+#: Faster than any pump a cocktail machine uses: a flow above it is a mistake.
+MAX_FLOW_ML_S = 1000.0
 #: The tube of pump 0 is the shortest; each next pump sits 1 ml of tube further from the outlet.
 DEFAULT_PRIME_ML = tuple(8.0 + i for i in range(8))
 
@@ -77,7 +79,7 @@ class PumpConfig(BaseModel):
 
     #: BCM number; pigpio lets a client drive GPIO 2 to 27 (the header's pins).
     gpio: int = Field(ge=2, le=27)
-    flow_ml_s: float = Field(DEFAULT_FLOW_ML_S, gt=0, le=1000)
+    flow_ml_s: float = Field(DEFAULT_FLOW_ML_S, gt=0, le=MAX_FLOW_ML_S)
     prime_ml: float = Field(8.0, ge=0, le=1000)
     #: What a full bottle holds; None: its level is not tracked.
     capacity_ml: Optional[float] = Field(None, gt=0, le=100_000)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import yaml
 from transitions import EventData, Machine, MachineError
 
-from .config import Config
+from .config import MAX_FLOW_ML_S, Config
 from .drivers.base import Driver, Span, switches
 from .errors import BadMessage, Busy, ConfigError, PourRejected, StoreError
 from .protocol import (
@@ -339,7 +339,13 @@ class Controller:
             raise BadMessage(
                 f"set_flow: pump {request.pump} has no calibration run; send calibrate first, then the ml it poured"
             )
-        self._update_pump(request.pump, flow_ml_s=request.ml / seconds)
+        flow = request.ml / seconds
+        if flow > MAX_FLOW_ML_S:
+            raise BadMessage(
+                f"set_flow: {request.ml:g} ml in {seconds:.3f} s is {flow:.0f} ml/s, more than any pump moves"
+                f" ({MAX_FLOW_ML_S:g}); calibrate for longer and measure again"
+            )
+        self._update_pump(request.pump, flow_ml_s=flow)
         log.info("pump %d flow set to %.3f ml/s (%g ml in %.3f s)", request.pump, request.ml / seconds, request.ml, seconds)
 
     def _update_pump(self, pump: int, **values: Optional[float]) -> None:

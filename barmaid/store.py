@@ -7,6 +7,7 @@ A missing or corrupt database is rebuilt with one log line, never a crash.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sqlite3
@@ -75,6 +76,8 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the data directory {self.path.parent}: {exc.strerror}") from None
+        if data_dir is not None and not self.path.exists():
+            log.warning("no database at %s: starting a new one (no levels, calibrations or history yet)", self.path)
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
@@ -148,7 +151,12 @@ class Store:
         return db
 
     def _rebuild(self, why: Exception) -> sqlite3.Connection:
-        aside = self.path.with_name(f"{FILENAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = next(
+            path
+            for n in itertools.count()
+            if not (path := self.path.with_name(f"{FILENAME}.corrupt-{stamp}" + (f"-{n}" if n else ""))).exists()
+        )
         log.error("%s is unreadable (%s): moved it to %s and started a new one", self.path, why, aside.name)
         for suffix in ("", "-wal", "-shm"):
             part = Path(f"{self.path}{suffix}")
