@@ -16,7 +16,6 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .config import load_config
-from .diagram import FORMATS, draw
 from .drivers import make_driver
 from .errors import BarmaidError, ConfigError
 from .server import BarmaidServer
@@ -39,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug details too")
 
     diagram = commands.add_parser("diagram", help="print the state diagram drawn from states.yaml")
-    diagram.add_argument("--format", choices=FORMATS, default="mermaid")
+    diagram.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     diagram.add_argument("--output", type=Path, help="write to this file instead of standard output")
     return parser
 
@@ -59,6 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _diagram(args: argparse.Namespace) -> int:
+    from .diagram import draw  # transitions' diagram support is heavy; serve does not need it
+
     text = draw(args.format)
     if args.output:
         args.output.write_text(text, encoding="utf-8")

@@ -117,6 +117,8 @@ def test_halt_switches_every_pump_off_now(rig):
     rig.driver.halt()
     assert not rig.is_on(0) and not rig.is_on(1)
     assert all(t < 0.5 for t in rig.on_times()[0] + rig.on_times()[1])
+    offs = [t for t, _, on in rig.timeline() if not on]
+    assert max(offs) - min(offs) <= 0.0005, "pumps went off one after another, not at once"
 
 
 def test_halt_and_close_are_idempotent_and_leave_pumps_off(rig):

@@ -255,11 +255,11 @@ class PigpioDriver(Driver):
             self._pi = None
 
     def _safe_off(self, pi: pigpio.pi) -> None:
-        """Stops the wave and writes every pump off; a dead daemon is noted, not raised."""
+        """Stops the wave and writes every pump off at one instant; a dead daemon is noted, not raised."""
+        mask = sum(1 << gpio for gpio in self.gpios)
         try:
             pi.wave_tx_stop()
-            for gpio in self.gpios:
-                pi.write(gpio, self.off_level)
+            (pi.set_bank_1 if self.off_level else pi.clear_bank_1)(mask)
             pi.wave_clear()
         except pigpio.error as exc:
             log.error("the pigpio daemon refused to switch the pumps off: %s", exc)
