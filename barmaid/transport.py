@@ -13,6 +13,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from base64 import b64encode
 from hashlib import sha1
 from typing import Callable, Optional, Sequence
@@ -33,6 +34,8 @@ HANDSHAKE_TIMEOUT = 10.0
 SEND_TIMEOUT = 5.0
 #: Frames waiting for one client; a client this far behind has stopped reading and is dropped.
 SEND_QUEUE = 256
+#: At shutdown, clients get this long, together, to take their close frame.
+CLOSE_GRACE = 1.0
 _MAX_HEADER_LINE = 8192
 _MAX_HEADERS = 64
 
@@ -78,7 +81,11 @@ class Client:
         self.address = handler.client_address
         self.path = handler.path
         self._sock: socket.socket = handler.request
-        self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(SEND_QUEUE)
+        self._limit = SEND_QUEUE
+        # Two places over the limit, for the close frame and the end mark: closing never waits.
+        self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(SEND_QUEUE + 2)
+        # Frames are queued under this lock, so none follows the close frame.
+        self._lock = threading.Lock()
         self._closing = threading.Event()
         self._sender = threading.Thread(target=self._send_loop, name=f"barmaid-ws-send-{number}", daemon=True)
         self._sender.start()
@@ -90,33 +97,33 @@ class Client:
         self.send_raw(frame(_TEXT, text.encode()))
 
     def send_raw(self, data: bytes) -> None:
-        if self._closing.is_set():
-            return
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
-            log.warning("%r stopped reading (%d frames waiting); dropping it", self, SEND_QUEUE)
-            self.abort()
+        with self._lock:
+            if self._closing.is_set():
+                return
+            if self._queue.qsize() < self._limit:
+                self._queue.put_nowait(data)
+                return
+        log.warning("%r stopped reading (%d frames waiting); dropping it", self, self._limit)
+        self.abort()
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Sends what is queued, then the close frame, then ends the connection."""
-        if self._closing.is_set():
-            return
-        try:
+        with self._lock:
+            if self._closing.is_set():
+                return
+            self._closing.set()
             self._queue.put_nowait(close_frame(code, reason))
-        except queue.Full:
-            self.abort()
-            return
-        self._closing.set()
-        self._queue.put(None)
+            self._queue.put_nowait(None)
 
     def abort(self) -> None:
         """Ends the connection now, dropping whatever is queued."""
         self._closing.set()
         self._shutdown()
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
+        """Waits for the connection to end; True if it did."""
         self._sender.join(timeout)
+        return not self._sender.is_alive()
 
     def _send_loop(self) -> None:
         while True:
@@ -302,6 +309,7 @@ class Transport:
         self.max_clients = max_clients
         self.allowed_origins = None if allowed_origins is None else {o.rstrip("/") for o in allowed_origins}
         self._clients: dict[int, Client] = {}
+        self._closed = False
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._server = _Server(host=host, port=port)
@@ -330,11 +338,17 @@ class Transport:
             self._server.shutdown()
             self._thread.join(timeout=2)
         self._server.server_close()
-        clients = self.clients()
+        with self._lock:
+            # A handshake still under way is refused from now on (see _admit).
+            self._closed = True
+            clients = list(self._clients.values())
         for client in clients:
             client.close(code, reason)
+        # One grace period for all; a client that stopped reading does not hold up the shutdown.
+        deadline = time.monotonic() + CLOSE_GRACE
         for client in clients:
-            client.join(timeout=1)
+            if not client.join(max(0.0, deadline - time.monotonic())):
+                client.abort()
 
     def check_handshake(self, path: str, headers: dict[str, str]) -> Optional[str]:
         """Why this handshake is refused, or None to accept it."""
@@ -347,16 +361,20 @@ class Transport:
     def _admit(self, handler: _Handler) -> Optional[Client]:
         client = Client(next(self._ids), handler)
         with self._lock:
-            full = len(self._clients) >= self.max_clients
-            if not full:
+            if self._closed:
+                refusal: Optional[tuple[int, str]] = (CLOSE_GOING_AWAY, "server shutting down")
+            elif len(self._clients) >= self.max_clients:
+                refusal = (CLOSE_TRY_LATER, f"too many clients (server.max_clients {self.max_clients}), try later")
+            else:
+                refusal = None
                 self._clients[client.id] = client
-        if full:
-            log.warning("refused %r: server.max_clients (%d) reached", client, self.max_clients)
-            client.close(CLOSE_TRY_LATER, "too many clients, try again later")
-            client.join(timeout=1)
-            return None
-        log.info("%r connected", client)
-        return client
+        if refusal is None:
+            log.info("%r connected", client)
+            return client
+        log.warning("refused %r: %s", client, refusal[1])
+        client.close(*refusal)
+        client.join(timeout=1)
+        return None
 
     def _leave(self, client: Client) -> None:
         with self._lock:
