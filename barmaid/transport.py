@@ -74,7 +74,8 @@ def _unmask(mask: bytes, payload: bytes) -> bytes:
 
 
 class Client:
-    """One connected peer. `send` never blocks: a sender thread writes its queue whole."""
+    """One connected peer. `send` never blocks: what the socket does not take at once, a sender
+    thread writes whole, in order, while the caller goes on."""
 
     def __init__(self, number: int, handler: "_Handler") -> None:
         self.id = number
@@ -86,6 +87,8 @@ class Client:
         self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(SEND_QUEUE + 2)
         # Frames are queued under this lock, so none follows the close frame.
         self._lock = threading.Lock()
+        #: Frames queued or being written by the sender; 0: the socket may be written directly.
+        self._pending = 0
         self._closing = threading.Event()
         self._sender = threading.Thread(target=self._send_loop, name=f"barmaid-ws-send-{number}", daemon=True)
         self._sender.start()
@@ -100,7 +103,22 @@ class Client:
         with self._lock:
             if self._closing.is_set():
                 return
+            if not self._pending:
+                # Nothing ahead of this frame: write what the socket takes now, without blocking
+                # (a hand-off to the sender thread costs more than the whole echo).
+                try:
+                    data = data[self._sock.send(data, socket.MSG_DONTWAIT) :]
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    log.info("%r: send failed (%s); dropping it", self, exc)
+                    self._closing.set()
+                    self._shutdown()
+                    return
+                if not data:
+                    return
             if self._queue.qsize() < self._limit:
+                self._pending += 1
                 self._queue.put_nowait(data)
                 return
         log.warning("%r stopped reading (%d frames waiting); dropping it", self, self._limit)
@@ -112,6 +130,7 @@ class Client:
             if self._closing.is_set():
                 return
             self._closing.set()
+            self._pending += 1
             self._queue.put_nowait(close_frame(code, reason))
             self._queue.put_nowait(None)
 
@@ -136,6 +155,8 @@ class Client:
                 log.info("%r: send failed (%s); dropping it", self, exc)
                 self._closing.set()
                 break
+            with self._lock:
+                self._pending -= 1
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -163,6 +184,11 @@ class _Handler(WebSocketHandler):
         # Send timeout only (reads may wait for ever on an idle GUI): see SEND_TIMEOUT.
         seconds = int(SEND_TIMEOUT)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
+        # A peer that vanished without a FIN (Wi-Fi gone) frees its slot after about 90 s.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):  # Linux; other systems keep their defaults
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
         self.client: Optional[Client] = None
 
     def handle(self) -> None:

@@ -612,3 +612,17 @@ def test_the_registry_survives_clients_coming_and_going_during_broadcasts(
     assert all(messages == [*range(sent), "end"] for messages in received), [len(r) for r in received]
     assert errors_in(caplog) == []
     wait_until(lambda: len(served.clients()) == len(stayers), "only the stayers left in the registry")
+
+
+def test_connections_have_tcp_keepalive_so_a_vanished_peer_frees_its_slot(start_transport, raw):
+    """The library sets no keepalive: a GUI whose Wi-Fi drops keeps its thread and slot for ever."""
+    transport = start_transport()
+    raw(transport.port)
+    wait_until(lambda: len(transport.clients()) == 1, "the client to be admitted")
+    sock = transport.clients()[0]._sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) * sock.getsockopt(
+        socket.IPPROTO_TCP, socket.TCP_KEEPCNT
+    )
+    assert probes == 30
