@@ -84,6 +84,12 @@ def _serve(args: argparse.Namespace) -> int:
     atexit.register(driver.close)  # last resort if something below escapes
     try:
         server = BarmaidServer(config, driver)
+    except OSError as exc:
+        driver.close()
+        raise BarmaidError(
+            f"cannot listen on {config.server.host}:{config.server.port} ({exc.strerror});"
+            " is another barmaid running? choose another --port"
+        ) from None
     except BaseException:
         driver.close()
         raise

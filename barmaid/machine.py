@@ -440,6 +440,16 @@ class Controller:
         )
 
     def _watch(self, action: Action) -> None:
+        """Runs the action's clock; if it fails, the action ends at once rather than never."""
+        try:
+            self._tick(action)
+        except Exception:
+            log.exception("the %s's clock failed; ending it now", action.kind)
+            with self._lock:
+                if self.action is action:
+                    self.abort(outcome="failed")
+
+    def _tick(self, action: Action) -> None:
         """Logs each pump switch, sends status every status_interval, and ends the action."""
         interval = self.config.server.status_interval
         events = [(action.t0 + at, pump, on) for at, pump, on in switches(action.plan) if at > 0 or not on]

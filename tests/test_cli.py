@@ -171,3 +171,16 @@ def test_sigterm_mid_blend_stops_the_blend_and_exits_0_at_once(serve):
         statuses.append(message["data"]["remaining_time"])
     assert statuses and statuses[-1] == 0 and statuses.count(0) == 1, statuses
     ws.close()
+
+
+def test_serve_on_a_port_in_use_says_so_and_exits_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

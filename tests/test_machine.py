@@ -19,7 +19,7 @@ from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import Busy, ConfigError
 from barmaid.machine import Controller, load_definition, states_file
 from barmaid.protocol import Limits, parse
-from conftest import assert_countdown, status_times
+from conftest import assert_countdown, eventually, status_times
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)
 #: How far a simulated switch may land from its planned instant.
@@ -273,3 +273,24 @@ def test_exception_while_starting_a_pour_still_returns_to_idle():
         assert not controller.driver.is_on(0)
     finally:
         controller.close()
+
+
+def test_a_clock_that_fails_mid_pour_ends_the_action_instead_of_leaving_it_busy():
+    config = load_config(None, {"server": {"status_interval": 0.02}})
+    statuses = []
+
+    def broadcast_failing_on_ticks(frame: str) -> None:
+        statuses.append(frame)
+        if len(statuses) == 2:  # the first periodic status, sent by the clock's thread
+            raise RuntimeError("broadcast broke")
+
+    controller = Controller(config, SimulatedDriver([p.gpio for p in config.pumps]), broadcast_failing_on_ticks)
+    try:
+        controller.submit(blend(0.01, {"0": 1}))  # 0.5 s at 20 ml/s
+        assert eventually(lambda: controller.state == "idle", 2)
+        assert not controller.driver.is_on(0)
+        on, off = controller.driver.timeline
+        assert off.t - on.t < 0.4, "the pump ran to the end of a pour whose clock had died"
+    finally:
+        controller.close()
+
