@@ -41,7 +41,7 @@ from .protocol import (
     Stopped,
     error_frame,
 )
-from .store import Store
+from .store import PumpRecord, Store
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -192,17 +192,19 @@ class Controller:
         self.driver = driver
         self.store = store or Store(None)
         saved = self.store.pumps()
-        self.pumps = [
-            PumpState(
-                pump=number,
-                flow_ml_s=getattr(saved.get(number), "flow_ml_s", None) or pump.flow_ml_s,
-                prime_ml=pump.prime_ml,
-                level_ml=getattr(saved.get(number), "level_ml", None),
-                capacity_ml=pump.capacity_ml,
-                calibration_seconds=getattr(saved.get(number), "calibration_seconds", None),
+        self.pumps = []
+        for number, pump in enumerate(config.pumps):
+            record = saved.get(number, PumpRecord())
+            self.pumps.append(
+                PumpState(
+                    pump=number,
+                    flow_ml_s=record.flow_ml_s or pump.flow_ml_s,  # a calibration wins over the config
+                    prime_ml=pump.prime_ml,
+                    level_ml=record.level_ml,
+                    capacity_ml=pump.capacity_ml,
+                    calibration_seconds=record.calibration_seconds,
+                )
             )
-            for number, pump in enumerate(config.pumps)
-        ]
         self.action: Optional[Action] = None
         self._broadcast = broadcast
         self._publish = publish
