@@ -262,14 +262,14 @@ def parse(frame: str, limits: Limits) -> Request:
     if not isinstance(message, dict):
         raise BadMessage(f'a message must be a JSON object with "type" and "data", got {_clip(frame)}')
     kind = message.get("type")
-    known = ", ".join(REQUESTS)
-    if "type" not in message:
-        raise BadMessage(f'missing "type": expected one of {known}')
-    if not isinstance(kind, str):
-        raise BadMessage(f'"type" must be a string, one of {known}; got {_clip(json.dumps(kind))}')
-    model = REQUESTS.get(kind)
+    model = REQUESTS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise BadMessage(f'unknown type {_clip(json.dumps(kind))}: expected one of {known}')
+        known = ", ".join(REQUESTS)
+        if "type" not in message:
+            raise BadMessage(f'missing "type": expected one of {known}')
+        if not isinstance(kind, str):
+            raise BadMessage(f'"type" must be a string, one of {known}; got {_clip(json.dumps(kind))}')
+        raise BadMessage(f"unknown type {_clip(json.dumps(kind))}: expected one of {known}")
     data = message.get("data")
     if model is Echo:
         return Echo(data=data)
@@ -401,8 +401,8 @@ REPLIES: tuple[type[Reply], ...] = (Status, Error, EchoReply, Stopped, StateRepl
 
 
 def echo_frame(data: Any) -> str:
-    """The echo reply: the data exactly as it came."""
-    return json.dumps({"type": "echo", "data": data})
+    """The echo reply: the data exactly as it came (the same text json.dumps gives for the whole)."""
+    return '{"type": "echo", "data": ' + json.dumps(data) + "}"
 
 
 def error_frame(msg: str) -> str:
