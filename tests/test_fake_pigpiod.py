@@ -12,6 +12,8 @@ import time
 import pigpio
 import pytest
 
+from conftest import eventually
+
 try:
     from fake_pigpiod import FakePigpiod
 except ImportError:  # tests/ imported as a package
@@ -283,24 +285,13 @@ def test_several_clients_share_state(connect):
     assert pi2.read(PUMP_A) == 1
 
 
-def _poll(cond, timeout=1.0):
-    """Wait for a condition set by a client thread (not a fake state change)."""
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.005)
-    return True
-
-
 def test_notification_callbacks(fake, connect):
     pi1, pi2 = connect(), connect()
     seen = []
     cb = pi1.callback(SENSOR, pigpio.EITHER_EDGE, lambda g, lvl, tick: seen.append((g, lvl)))
     pi2.write(SENSOR, 1)
     pi2.write(SENSOR, 0)
-    assert _poll(lambda: len(seen) == 2)
+    assert eventually(lambda: len(seen) == 2)
     cb.cancel()
     assert seen == [(SENSOR, 1), (SENSOR, 0)]
 
@@ -397,7 +388,7 @@ def test_runs_as_a_script():
             clients.append(pi)
             return pi.connected
 
-        assert _poll(connected, timeout=10.0)  # the interpreter has to start first
+        assert eventually(connected, timeout=10.0)  # the interpreter has to start first
         pi = clients[-1]
         try:
             pi.write(PUMP_A, 1)

@@ -27,7 +27,7 @@ from barmaid import transport
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.server import BarmaidServer
 from barmaid.transport import Transport
-from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, is_final_status, status_times
+from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, eventually, is_final_status, status_times
 
 # An exception that escapes a server thread is a failure here, not a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -258,11 +258,8 @@ def largest_send_buffer() -> int:
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = RECV_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.005)
+    if not eventually(condition, timeout):
+        pytest.fail(f"not within {timeout} s: {what}")
 
 
 def settle(threads: int) -> None:
