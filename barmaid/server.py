@@ -48,13 +48,17 @@ class BarmaidServer:
         #: Clients that asked for the state once: they get it on every change.
         self._watchers: set[int] = set()
         self._watchers_lock = threading.Lock()
-        self.controller = Controller(
-            config,
-            driver,
-            self.transport.broadcast,
-            store=store or Store(config.data_dir),
-            publish=self._publish_state,
-        )
+        try:
+            self.controller = Controller(
+                config,
+                driver,
+                self.transport.broadcast,
+                store=store or Store(config.data_dir),
+                publish=self._publish_state,
+            )
+        except BaseException:
+            self.transport.close()  # the port is bound already: free it
+            raise
 
     @property
     def port(self) -> int:
