@@ -20,7 +20,8 @@ from transitions import EventData, Machine, MachineError
 
 from .config import MAX_FLOW_ML_S, Config
 from .drivers.base import Driver, Span, switches
-from .errors import BadMessage, Busy, ConfigError, PourRejected, StoreError
+from .errors import BadMessage, BottleTooLow, Busy, ConfigError, StoreError
+from .outcomes import Outcome
 from .protocol import (
     Blend,
     Calibrate,
@@ -284,7 +285,7 @@ class Controller:
         """Ends any action and releases the pumps: every pump off."""
         with self._lock:
             if self.action is not None:
-                self.abort(outcome="shut down")
+                self.abort(outcome=Outcome.SHUT_DOWN)
         try:
             self.driver.close()
         finally:
@@ -301,11 +302,12 @@ class Controller:
             try:
                 getattr(self, request.type)(action=Action(request.type, plan, ml))
             except MachineError:
-                raise Busy(f"Already {self.state} ! Retry in {self.remaining()} sec") from None
+                retry_in = self.remaining()
+                raise Busy(f"Already {self.state} ! Retry in {retry_in} sec", retry_in=retry_in) from None
             except BaseException:
                 # transitions keeps the new state when a callback fails after the change (T2).
                 if self.action is not None:
-                    self.abort(outcome="failed")
+                    self.abort(outcome=Outcome.FAILED)
                 raise
 
     def _check_levels(self, ml: dict[int, float]) -> None:
@@ -315,7 +317,7 @@ class Controller:
             if self.pumps[p].level_ml is not None and need > self.pumps[p].level_ml + 1e-6
         ]
         if short:
-            raise PourRejected("; ".join(short) + ": change the bottle and send refill, or correct it with set_level")
+            raise BottleTooLow("; ".join(short) + ": change the bottle and send refill, or correct it with set_level")
 
     def _stop(self, request: Stop) -> Stopped:
         with self._lock:
@@ -323,7 +325,7 @@ class Controller:
             if action is None:
                 return Stopped(msg="nothing was running")
             after = self._clock() - action.t0
-            self.stop(outcome="stopped")
+            self.stop(outcome=Outcome.STOPPED)
         return Stopped(action=action.kind, after=round(after, 3), msg=f"stopped the {action.kind} after {after:.1f} s")
 
     def _history(self, request: History) -> HistoryReply:
@@ -368,7 +370,7 @@ class Controller:
         try:
             action.t0 = self.driver.pour(action.plan)
         except BaseException:
-            self.store.end_pour(action.pour_id, "failed", {}, {})
+            self.store.end_pour(action.pour_id, Outcome.FAILED, {}, {})
             raise
         self.action = action
         for pump, span in sorted(action.plan.items()):
@@ -389,15 +391,15 @@ class Controller:
             self.driver.halt()
         except Exception:
             log.exception("could not halt the pumps after %s", action.kind)
-        outcome = event.kwargs.get("outcome", "completed")
+        outcome = event.kwargs.get("outcome", Outcome.COMPLETED)
         ran = min(self._clock() - action.t0, action.seconds)
-        if outcome != "completed":
+        if outcome != Outcome.COMPLETED:
             for pump, span in sorted(action.plan.items()):
                 if span.start < ran < span.stop:
                     log.info("pump %d off after %.3f s (%s)", pump, ran - span.start, outcome)
         log.info("%s %s after %.3f s", action.kind, outcome, ran)
         # A lost daemon may well finish the wave: count the pour in full, to be safe.
-        self._record(action, outcome, action.seconds if outcome == "lost" else ran)
+        self._record(action, outcome, action.seconds if outcome == Outcome.LOST else ran)
         self._send_status(action, 0)
 
     def publish_state(self, event: Optional[EventData] = None) -> None:
@@ -405,7 +407,7 @@ class Controller:
 
     # ---- inside ---------------------------------------------------------------------------
 
-    def _record(self, action: Action, outcome: str, ran: float) -> None:
+    def _record(self, action: Action, outcome: Outcome, ran: float) -> None:
         """What the pour did to each pump (level, calibration), in memory and, with the outcome, on disk."""
         poured = action.poured(ran)
         updates: dict[int, dict[str, Optional[float]]] = {}
@@ -432,7 +434,7 @@ class Controller:
             ml = {p: v for p, v in record.planned_ml.items() if p < len(self.pumps)}
             plan = {p: Span(0.0, v / self.pumps[p].flow_ml_s) for p, v in ml.items()}
             action = Action(record.action, plan, ml, pour_id=record.id)
-            self._record(action, "interrupted", action.seconds if plan else 0.0)
+            self._record(action, Outcome.INTERRUPTED, action.seconds if plan else 0.0)
             log.warning("the %s started at %s was cut off by a crash; counted as poured: %s ml",
                         record.action, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)), ml)
 
@@ -449,7 +451,7 @@ class Controller:
             log.exception("the %s's clock failed; ending it now", action.kind)
             with self._lock:
                 if self.action is action:
-                    self.abort(outcome="failed")
+                    self.abort(outcome=Outcome.FAILED)
 
     def _tick(self, action: Action) -> None:
         """Logs each pump switch, sends status every status_interval, and ends the action."""
@@ -479,11 +481,11 @@ class Controller:
                 return
         with self._lock:
             if self.action is action:
-                self.finish(outcome="completed")
+                self.finish(outcome=Outcome.COMPLETED)
 
     def _driver_lost(self, reason: str) -> None:
         with self._lock:
             if self.action is None:
                 return
             self._broadcast(error_frame(f"pump hardware lost: {reason}; the {self.action.kind} was stopped"))
-            self.abort(outcome="lost")
+            self.abort(outcome=Outcome.LOST)
