@@ -54,9 +54,12 @@ class Driver(ABC):
       - `halt`: stop the pour in progress and switch every pump off; idempotent, any time;
       - `close`: halt, then release the hardware; idempotent;
       - refuse in `check`, before anything moves, a plan it cannot time exactly.
+      - never halt, nor write the pins of, a pour it finds playing when it connects (one a crashed
+        barmaid or another process started): `playing()` is True until that pour ends by itself,
+        and then every pump is switched off;
     A driver MAY:
       - report `available` False while its hardware is out of reach; `pour` then raises
-        PumpsUnavailable;
+        PumpsUnavailable (with `maybe_started` True if the pour was sent but not confirmed);
       - call `on_lost(reason)` when the hardware goes away mid-pour (from any thread).
     """
 
@@ -70,6 +73,11 @@ class Driver(ABC):
     @property
     def available(self) -> bool:
         return True
+
+    def playing(self) -> bool:
+        """True while the hardware still plays a pour: one this driver started, or one it found
+        playing when it connected."""
+        return False
 
     def check(self, plan: Plan) -> None:
         """Raises PourRejected if the plan cannot be poured exactly; moves nothing."""

@@ -46,6 +46,10 @@ class SimulatedDriver(Driver):
         with self._cond:
             return pump in self._on
 
+    def playing(self) -> bool:
+        with self._cond:
+            return bool(self._due)
+
     def pour(self, plan: Plan) -> float:
         self.check(plan)
         with self._cond:
