@@ -37,7 +37,16 @@ chains/serial waves (answered with PI_UNKNOWN_COMMAND); WVCRE refuses a
 the maximum wave length is reported but not enforced (the real daemon
 does not enforce it either). ``stop()`` behaves like the daemon exiting:
 the running wave is halted and created waves are forgotten, but pin
-modes and levels persist (they live in the hardware).
+modes and levels persist (they live in the hardware); ``restart()`` is
+``stop()`` then ``start()`` on the same port.
+
+Faults, each armed once and consumed when it fires (``stop()`` disarms
+them): ``hang_after(cmd)`` executes and answers the next ``cmd``, then
+stops answering anything while keeping every socket open (as ``pause()``);
+``drop_between(first, second)`` closes the connection, without executing
+it, when a ``second`` request follows a ``first`` on that connection;
+``fail(cmd, code)`` answers the next ``cmd`` with an error code without
+executing it.
 
 Run ``python tests/fake_pigpiod.py --port 8888`` to use it by hand.
 """
@@ -250,12 +259,22 @@ class _Notify:
     seq: int = 0
 
 
+@dataclass
+class _Faults:
+    """Armed faults: each fires once. See the module docstring."""
+
+    hang_after: List[int] = field(default_factory=list)
+    drop_between: List[Tuple[int, int]] = field(default_factory=list)
+    fail: List[Tuple[int, int]] = field(default_factory=list)
+
+
 class _Conn:
     """One client socket: a reader thread (commands) and a writer thread."""
 
     def __init__(self, cid: int, sock: socket.socket, port: int) -> None:
         self.id = cid
         self.sock = sock
+        self.last_cmd: Optional[int] = None
         self.out: "queue.SimpleQueue[Optional[bytes]]" = queue.SimpleQueue()
         self.reader: Optional[threading.Thread] = None
         self.writer = threading.Thread(
@@ -306,6 +325,7 @@ class FakePigpiod:
         self._hang = threading.Event()
         if hang:
             self._hang.set()
+        self._faults = _Faults()
         self._t0 = time.monotonic()
         # GPIO state as bitmasks; level = latch on outputs, input level otherwise
         self._modes = [INPUT] * NUM_GPIO
@@ -387,12 +407,19 @@ class FakePigpiod:
     def stop(self) -> None:
         """Stop like the daemon exiting: close everything, halt and forget waves."""
         self._close_listener()
+        self._hang.clear()  # a hung daemon that exits no longer holds its sockets
         self.drop_connections()
         with self._lock:
+            self._faults = _Faults()
             self._halt_locked()
             self._reset_waves()
         self._join_players()
         log.info("fake pigpiod on port %d stopped", self.port)
+
+    def restart(self) -> None:
+        """The daemon exits and comes back on the same port: waves are gone, levels stay."""
+        self.stop()
+        self.start()
 
     def __enter__(self) -> "FakePigpiod":
         if self._listener is None:
@@ -439,6 +466,37 @@ class FakePigpiod:
     @property
     def paused(self) -> bool:
         return self._hang.is_set()
+
+    def hang_after(self, cmd: int) -> None:
+        """Execute and answer the next `cmd`, then answer nothing more (sockets stay open)."""
+        with self._lock:
+            self._faults.hang_after.append(cmd)
+
+    def drop_between(self, first: int, second: int) -> None:
+        """Close a connection, without executing it, when `second` follows `first` on it."""
+        with self._lock:
+            self._faults.drop_between.append((first, second))
+
+    def fail(self, cmd: int, code: int) -> None:
+        """Answer the next `cmd` with the (negative) error `code`, without executing it."""
+        with self._lock:
+            self._faults.fail.append((cmd, code))
+
+    def _take(self, armed: list, match: object) -> bool:
+        with self._lock:
+            if match in armed:
+                armed.remove(match)
+                return True
+            return False
+
+    def _failure(self, cmd: int) -> Optional[int]:
+        with self._lock:
+            for armed in self._faults.fail:
+                if armed[0] == cmd:
+                    self._faults.fail.remove(armed)
+                    self._commands.append((time.monotonic(), cmd, 0, 0, armed[1]))
+                    return armed[1]
+            return None
 
     # --- inspection helpers for tests ----------------------------------------
 
@@ -603,8 +661,17 @@ class FakePigpiod:
                 if self._hang.is_set():
                     log.debug("conn %d: paused, dropping cmd %d", conn.id, cmd)
                     continue
-                res = self._execute(conn, cmd, p1, p2, ext)
+                if self._take(self._faults.drop_between, (conn.last_cmd, cmd)):
+                    log.info("conn %d: dropping the connection before cmd %d", conn.id, cmd)
+                    break
+                res = self._failure(cmd)
+                if res is None:
+                    res = self._execute(conn, cmd, p1, p2, ext)
                 conn.send(_REQ.pack(cmd, p1, p2, res & 0xFFFFFFFF))
+                conn.last_cmd = cmd
+                if self._take(self._faults.hang_after, cmd):
+                    log.info("hanging after cmd %d", cmd)
+                    self._hang.set()
         finally:
             self._close_conn(conn)
 

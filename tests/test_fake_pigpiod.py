@@ -15,9 +15,9 @@ import pytest
 from conftest import eventually
 
 try:
-    from fake_pigpiod import FakePigpiod
+    from fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
 except ImportError:  # tests/ imported as a package
-    from tests.fake_pigpiod import FakePigpiod
+    from tests.fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
 
 PUMP_A, PUMP_B, SENSOR = 17, 27, 22
 DISCONNECTED = (struct.error, OSError)  # what the client raises on a dead daemon
@@ -401,3 +401,48 @@ def test_runs_as_a_script():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---- fault injection ------------------------------------------------------------------------
+
+def test_hang_after_answers_that_command_then_nothing(fake, pi):
+    fake.hang_after(CMD_WRITE)
+    pi.write(PUMP_A, 1)  # answered
+    pi.sl.s.settimeout(0.1)
+    with pytest.raises(socket.timeout):
+        pi.read(PUMP_A)
+    assert fake.paused and fake.connection_count() == 2  # sockets stay open
+    assert fake.level(PUMP_A) == 1
+
+
+def test_drop_between_closes_before_the_second_command(fake, pi):
+    fake.drop_between(CMD_WRITE, CMD_BC1)
+    pi.write(PUMP_A, 1)
+    pi.read(PUMP_A)  # not the pair: nothing happens
+    pi.write(PUMP_A, 1)
+    with pytest.raises(DISCONNECTED):
+        pi.clear_bank_1(1 << PUMP_A)
+    assert fake.level(PUMP_A) == 1  # the clear never ran
+    assert CMD_BC1 not in [c[1] for c in fake.command_log()]
+
+
+def test_fail_answers_one_command_with_an_error(fake, pi):
+    fake.fail(CMD_WVBSY, PI_NOT_PERMITTED)
+    with pytest.raises(pigpio.error, match="no permission"):
+        pi.wave_tx_busy()
+    assert pi.wave_tx_busy() == 0  # once only; the connection still works
+    assert pi.read(PUMP_A) == 0 and fake.command_log()[-1][1] == CMD_READ
+
+
+def test_levels_survive_a_restart_waves_do_not(fake, pi):
+    _outputs(pi, PUMP_A)
+    pi.wave_send_once(_make_wave(pi, [(1 << PUMP_A, 0, 500000), (0, 1 << PUMP_A, 0)]))
+    assert fake.wait_for(lambda: fake.level(PUMP_A) == 1)
+    fake.hang_after(CMD_WVBSY)
+    fake.restart()
+    assert not fake.wave_busy() and fake.level(PUMP_A) == 1 and not fake.paused
+    pi2 = pigpio.pi("127.0.0.1", fake.port, show_errors=False)
+    try:
+        assert pi2.wave_tx_busy() == 0 and pi2.read(PUMP_A) == 1  # the fault was disarmed
+    finally:
+        _stop(pi2)
