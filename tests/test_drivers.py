@@ -28,6 +28,8 @@ class Rig:
     timeline: Callable[[], list[tuple[float, int, bool]]]
     is_on: Callable[[int], bool]
     wait_for: Callable[[Callable[[], bool], float], bool]
+    #: How late the hardware ran behind its schedule (the fake daemon's player on a busy machine).
+    slack: Callable[[], float] = lambda: 0.0
 
     def on_times(self) -> dict[int, list[float]]:
         """Seconds of each completed on-period, per pump."""
@@ -60,7 +62,7 @@ def pigpio_rig(active_low: bool) -> tuple[Rig, Callable[[], None]]:
     def timeline():
         return [(t, pump_of[g], level != off) for t, g, level in daemon.history() if g in pump_of]
 
-    rig = Rig(driver, timeline, lambda p: daemon.level(GPIOS[p]) != off, daemon.wait_for)
+    rig = Rig(driver, timeline, lambda p: daemon.level(GPIOS[p]) != off, daemon.wait_for, daemon.max_lateness)
     return rig, daemon.stop
 
 
@@ -86,7 +88,7 @@ def test_a_pour_starts_every_pump_at_one_instant_and_stops_each_on_time(rig):
     assert max(starts) - min(starts) <= 0.001
     on_times = rig.on_times()
     for pump, seconds in plan.items():
-        assert on_times[pump] == [pytest.approx(seconds, abs=0.002)]
+        assert on_times[pump] == [pytest.approx(seconds, abs=0.002 + rig.slack())]
 
 
 def test_a_staggered_pour_switches_each_pump_at_its_span(rig):
@@ -97,8 +99,8 @@ def test_a_staggered_pour_switches_each_pump_at_its_span(rig):
     t0 = events[0][0]
     seen = {(pump, on): t - t0 for t, pump, on in events}
     for pump, span in plan.items():
-        assert seen[pump, True] == pytest.approx(span.start, abs=0.002)
-        assert seen[pump, False] == pytest.approx(span.stop, abs=0.002)
+        assert seen[pump, True] == pytest.approx(span.start, abs=0.002 + rig.slack())
+        assert seen[pump, False] == pytest.approx(span.stop, abs=0.002 + rig.slack())
     # pump 1 hands over to pump 2 at one instant: never three pumps on at once
     assert seen[1, False] == pytest.approx(seen[2, True], abs=0.001)
 
@@ -108,7 +110,8 @@ def test_pours_follow_each_other(rig):
         rig.driver.pour({1: seconds})
         assert rig.wait_for(lambda: len(rig.timeline()) == 2 * n, 2)
         rig.driver.halt()
-    assert rig.on_times()[1] == [pytest.approx(0.02, abs=0.002), pytest.approx(0.03, abs=0.002)]
+    slack = 0.002 + rig.slack()
+    assert rig.on_times()[1] == [pytest.approx(0.02, abs=slack), pytest.approx(0.03, abs=slack)]
 
 
 def test_halt_switches_every_pump_off_now(rig):

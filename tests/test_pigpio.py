@@ -22,10 +22,10 @@ import pytest
 import barmaid.drivers.pigpio as pigpio_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
 from barmaid.drivers.pigpio import PigpioDriver
-from barmaid.errors import PourRejected
+from barmaid.errors import PourRejected, PumpsUnavailable
 from barmaid.server import BarmaidServer
 from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
-from fake_pigpiod import FakePigpiod
+from fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,6 +201,133 @@ def test_a_pour_over_max_pump_seconds_is_refused_before_anything_moves(daemon, w
         assert daemon.history() == [] and not daemon.wave_busy()
     finally:
         driver.close()
+
+
+# ---- the daemon failing between two commands ---------------------------------------------
+
+PUMP_0, PUMP_1 = DEFAULT_GPIOS[:2]
+
+
+def connected(daemon: FakePigpiod, active_low: bool = False, max_pump_seconds: float = 120) -> PigpioDriver:
+    config = DriverConfig(host="127.0.0.1", port=daemon.port, active_low=active_low)
+    return PigpioDriver(DEFAULT_GPIOS, max_pump_seconds, config)
+
+
+@pytest.fixture
+def driver(daemon):
+    drivers = []
+
+    def make(**kwargs) -> PigpioDriver:
+        drivers.append(connected(daemon, **kwargs))
+        return drivers[-1]
+
+    yield make
+    for d in drivers:
+        d.close()
+
+
+def pumping(daemon: FakePigpiod, driver: PigpioDriver, seconds: float = 5.0) -> None:
+    """Starts a pour of pumps 0 and 1 that would run `seconds`, once both are on."""
+    driver.pour({0: seconds, 1: seconds})
+    on = 0 if driver.off_level else 1
+    assert daemon.wait_for(lambda: daemon.level(PUMP_0) == on and daemon.level(PUMP_1) == on)
+
+
+@pytest.mark.parametrize("active_low", [False, True])
+def test_halt_writes_the_pumps_off_then_stops_the_wave_then_writes_off_again_and_reads_back(driver, daemon, active_low):
+    d = driver(active_low=active_low)
+    pumping(daemon, d)
+    start = len(daemon.command_log())
+    d.halt()
+    off = CMD_BS1 if active_low else CMD_BC1
+    assert [c[1] for c in daemon.command_log()[start:]][:4] == [off, CMD_WVHLT, off, CMD_BR1]
+    assert daemon.level(PUMP_0) == daemon.level(PUMP_1) == d.off_level
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("hang_after", CMD_WVHLT),
+        ("hang_after", CMD_BC1),
+        ("drop_between", CMD_WVHLT, CMD_BC1),
+        ("drop_between", CMD_BC1, CMD_WVHLT),
+    ],
+    ids=["hang-after-wave-stop", "hang-after-off", "drop-after-wave-stop", "drop-before-wave-stop"],
+)
+def test_a_daemon_that_hangs_or_drops_during_halt_leaves_no_pump_on(driver, daemon, monkeypatch, fault):
+    monkeypatch.setattr(pigpio_driver, "COMMAND_TIMEOUT", 0.3)
+    d = driver()
+    pumping(daemon, d)
+    getattr(daemon, fault[0])(*fault[1:])
+    d.halt()
+    # The pour ends at the stop, not at its planned end 5 s later.
+    assert daemon.level(PUMP_0) == daemon.level(PUMP_1) == 0
+    if fault[0] == "drop_between":  # reconnected at once, the orphaned wave is stopped
+        assert eventually(lambda: d.available and not daemon.wave_busy(), 2.0)
+    assert not daemon.wait_for(lambda: daemon.level(PUMP_0) or daemon.level(PUMP_1), 0.2)
+
+
+def test_a_daemon_restarted_mid_pour_has_every_pump_switched_off_as_soon_as_it_answers(
+    driver, daemon, monkeypatch, caplog
+):
+    monkeypatch.setattr(pigpio_driver, "BACKOFF", (5.0, 10.0))  # the ordinary backoff would take 5 s
+    caplog.set_level(logging.INFO, logger="barmaid.drivers.pigpio")
+    d = driver()
+    lost: list[str] = []
+    d.on_lost = lost.append
+    pumping(daemon, d)
+    daemon.stop()  # the wave dies with the daemon; the pins keep their level (pumps on)
+    assert eventually(lambda: lost, 2.0) and daemon.level(PUMP_0) == 1
+    daemon.start()
+    assert eventually(lambda: daemon.level(PUMP_0) == daemon.level(PUMP_1) == 0, 2.5)
+    assert eventually(lambda: "unattended" in caplog.text, 1.0), caplog.text
+    assert d.available
+
+
+def test_an_error_answer_to_the_heartbeat_is_a_fault_and_supervision_goes_on(driver, daemon):
+    d = driver()
+    lost: list[str] = []
+    d.on_lost = lost.append
+    pumping(daemon, d)
+    daemon.fail(CMD_WVBSY, PI_NOT_PERMITTED)
+    assert daemon.wait_for(lambda: daemon.level(PUMP_0) == daemon.level(PUMP_1) == 0, 2.0)
+    assert eventually(lambda: lost and d.available, 2.0)
+    # Still supervised: a later loss is detected, and the daemon found again.
+    daemon.stop()
+    assert eventually(lambda: not d.available, 2.0)
+    daemon.start()
+    assert eventually(lambda: d.available, 2.0)
+
+
+def test_connecting_leaves_a_pour_found_playing_alone_until_it_ends(driver, daemon):
+    other = pigpio.pi("127.0.0.1", daemon.port, show_errors=False)
+    try:
+        other.set_mode(PUMP_0, pigpio.OUTPUT)
+        other.wave_add_generic([pigpio.pulse(1 << PUMP_0, 0, 400_000), pigpio.pulse(0, 1 << PUMP_0, 0)])
+        other.wave_send_once(other.wave_create())
+    finally:
+        other.stop()  # e.g. a barmaid that crashed mid-pour
+    assert daemon.wait_for(lambda: daemon.level(PUMP_0) == 1)
+    d = driver()
+    assert daemon.wave_busy() and daemon.level(PUMP_0) == 1
+    assert d.playing() and not d.available
+    with pytest.raises(PumpsUnavailable, match="still playing"):
+        d.pour({1: 0.1})
+    d.halt()  # not ours to halt
+    assert daemon.wave_busy()
+    assert daemon.wait_for(lambda: not daemon.wave_busy(), 2.0)
+    assert eventually(lambda: d.available and not d.playing(), 2.0)
+    assert daemon.on_durations(PUMP_0) == [pytest.approx(0.4, abs=0.01)]
+    assert all(daemon.modes()[g] == pigpio.OUTPUT and daemon.level(g) == 0 for g in DEFAULT_GPIOS)
+
+
+def test_a_pour_of_ours_is_playing_until_it_ends(driver, daemon):
+    d = driver()
+    assert not d.playing()
+    d.pour({0: 0.1})
+    assert d.playing()
+    assert daemon.wait_for(lambda: not daemon.wave_busy(), 2.0)
+    assert eventually(lambda: not d.playing(), 1.0)
 
 
 # ---- a real barmaid process --------------------------------------------------------------
