@@ -37,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--driver", choices=("sim", "pigpio"), help="pump driver (default sim)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug details too")
 
+    off = commands.add_parser("off", help="switch every pump off through the daemon (for systemd, or by hand)")
+    off.add_argument("--config", type=Path, help="the same YAML configuration file as serve")
+    off.add_argument(
+        "--after-pour",
+        action="store_true",
+        help="first let a pour still playing end by itself (at most limits.max_pump_seconds)",
+    )
+
+    service = commands.add_parser("service", help="print (or --install) the systemd units for this config")
+    service.add_argument("--config", type=Path, required=True, help="the config file the service will run with")
+    service.add_argument("--install", action="store_true", help="write them under --unit-dir (as root)")
+    service.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), help=argparse.SUPPRESS)
+
     diagram = commands.add_parser("diagram", help="print the state diagram drawn from states.yaml")
     diagram.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     diagram.add_argument("--output", type=Path, help="write to this file instead of standard output")
@@ -48,6 +61,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "diagram":
             return _diagram(args)
+        if args.command == "off":
+            return _off(args)
+        if args.command == "service":
+            return _service(args)
         return _serve(args)
     except ConfigError as exc:
         print(f"barmaid: configuration error: {exc}", file=sys.stderr)
@@ -65,6 +82,30 @@ def _diagram(args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _off(args: argparse.Namespace) -> int:
+    from .off import switch_off
+
+    print(f"barmaid off: {switch_off(load_config(args.config), wait_for_pour=args.after_pour)}")
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    from .service import install, units
+
+    made = units(load_config(args.config), args.config)
+    if not args.install:
+        for unit in made:
+            print(f"# {args.unit_dir / unit.path}\n{unit.text}")
+        return 0
+    try:
+        for path in install(made, args.unit_dir):
+            print(f"wrote {path}")
+    except OSError as exc:
+        raise BarmaidError(f"cannot write {exc.filename} ({exc.strerror}); run it with sudo") from None
+    print("then: sudo systemctl daemon-reload && sudo systemctl enable --now barmaid")
     return 0
 
 

@@ -61,6 +61,14 @@ class Driver(ABC):
       - report `available` False while its hardware is out of reach; `pour` then raises
         PumpsUnavailable (with `maybe_started` True if the pour was sent but not confirmed);
       - call `on_lost(reason)` when the hardware goes away mid-pour (from any thread).
+    A daemon-backed driver also offers, for `barmaid off` (barmaid/off.py), without an instance:
+        @classmethod
+        def force_off(cls, gpios: Sequence[int], driver_config: DriverConfig,
+                      wait_for_pour_s: float) -> str
+      one bounded connection attempt; if a pour still plays, wait up to `wait_for_pour_s` for it
+      to end by itself; then stop any pour, switch every pump off, read the pins back, and return
+      one line saying what was done. Raises PumpsUnavailable (host, port, how to start the
+      daemon) when the daemon cannot be reached or did not switch the pumps off.
     """
 
     #: Called with a reason when the hardware is lost mid-pour; set by the owner.
