@@ -29,22 +29,26 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
-def test_the_example_config_for_the_pi_loads():
+def test_the_example_config_for_the_pi_loads_and_keeps_its_data_where_the_service_can_write():
     from barmaid.config import load_config
 
     config = load_config(ROOT / "docs" / "config.example.yaml")
     assert config.driver.kind == "pigpio" and config.driver.active_low
     assert len(config.pumps) == 8
+    assert config.data_dir == Path("/var/lib/barmaid")  # the unit's StateDirectory=barmaid
 
 
-def test_the_service_forces_every_default_pump_pin_off_after_stop():
-    from barmaid.config import DEFAULT_GPIOS
-
-    unit = (ROOT / "scripts" / "barmaid.service").read_text(encoding="utf-8")
-    stop_post = next(line for line in unit.splitlines() if line.startswith("ExecStopPost="))
-    assert "pigs wvhlt" in stop_post
-    assert f"for g in {' '.join(map(str, DEFAULT_GPIOS))}; do /usr/bin/pigs w $g 0" in stop_post
-    assert "Requires=pigpiod.service" in unit and "Restart=on-failure" in unit
+def test_the_pi_guide_tries_barmaid_as_the_service_will_run_it_and_installs_generated_units():
+    guide = README[README.index("## On the Raspberry Pi") :]
+    guide = guide[: guide.index("\n## ", 1)]
+    config = "--config /etc/barmaid/config.yaml"
+    assert f"sudo -u barmaid /opt/barmaid/.venv/bin/barmaid serve {config}" in guide
+    assert f"sudo /opt/barmaid/.venv/bin/barmaid service {config} --install" in guide
+    assert "scripts/barmaid.service" not in guide and "pigs w" not in guide
+    for line in re.findall(r"```sh\n(.*?)```", guide, re.S):
+        for command in line.splitlines():
+            if re.match(r"(apt|systemctl|useradd|install|mkdir|cp) ", command):
+                raise AssertionError(f"needs root, say sudo: {command}")
 
 
 def test_the_protocol_reference_describes_every_message_both_ways():
