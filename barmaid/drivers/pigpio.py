@@ -347,7 +347,8 @@ class PigpioDriver(Driver):
         try:
             # A found wave is left alone, unless we lost the daemon during a pour of ours: then
             # barmaid has already ended that action and the wave (if it lives) is ours to stop.
-            found = self._lost_at is None and bool(pi.wave_tx_busy())
+            busy = bool(pi.wave_tx_busy())
+            found = busy and self._lost_at is None
             on = [] if self._lost_at is None else _on_pins(pi, self.gpios, self.off_level)
             if not found:
                 _switch_off(pi, self.gpios, self.off_level, outputs=True)
@@ -370,16 +371,17 @@ class PigpioDriver(Driver):
             "active-low" if self.off_level else "active-high",
         )
         if lost_at is not None:
-            self._report_unattended(time.monotonic() - lost_at, on)
+            self._report_unattended(time.monotonic() - lost_at, on, busy)
         return True
 
-    def _report_unattended(self, seconds: float, on: list[int]) -> None:
+    def _report_unattended(self, seconds: float, on: list[int], wave: bool) -> None:
         if on:
             log.error(
-                "GPIO %s found ON %.1f s after the pigpio daemon was lost mid-pour: those pumps may"
-                " have run unattended that long; switched every pump off",
+                "GPIO %s found ON %.1f s after the pigpio daemon was lost mid-pour (%s): those pumps"
+                " may have run unattended up to that long; switched every pump off",
                 ", ".join(map(str, on)),
                 seconds,
+                "its wave was still timing them, now stopped" if wave else "no wave was timing them",
             )
         else:
             log.warning(
@@ -434,7 +436,8 @@ class PigpioDriver(Driver):
             except pigpio.error as exc:
                 log.error("the pigpio daemon answered the heartbeat with an error (%s): switching off", exc)
                 lost_mid_pour = self._playing
-                self._safe_off(pi)
+                if not self._found:  # a found pour is never ours to cut, not even now
+                    self._safe_off(pi)
                 if self._pi is not None:
                     self._lose(exc)
             except _LOST as exc:
