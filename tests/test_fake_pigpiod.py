@@ -301,7 +301,7 @@ def test_drop_connections_breaks_client(fake, pi):
     assert fake.drop_connections() == 2
     with pytest.raises(DISCONNECTED):
         pi.read(PUMP_A)
-    assert fake.level(PUMP_A) == 1  # pins keep their level (P4)
+    assert fake.level(PUMP_A) == 1  # pins keep their level, as on the real daemon
 
 
 def test_restart_on_same_port(fake, pi):
