@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Optional
 
 from .config import Config
+from .errors import ConfigError
 
 #: Where `--install` writes by default (units an administrator adds).
 UNIT_DIR = Path("/etc/systemd/system")
@@ -34,6 +35,8 @@ UNIT_DIR = Path("/etc/systemd/system")
 DAEMON_UNITS = {"pigpio": "pigpiod.service", "rgpio": "rgpiod.service"}
 #: systemd's StateDirectory= root: a data_dir under it is created and owned for barmaid.
 STATE_ROOT = PurePosixPath("/var/lib")
+#: Hidden from the service (ProtectHome=yes): no data_dir can live there.
+HOMES = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
 #: The config error exit status of `barmaid serve` (cli.EXIT_CONFIG): restarting cannot help.
 EXIT_CONFIG = 2
 #: Time given to `barmaid off --after-pour` beyond the longest pour it may wait for.
@@ -88,6 +91,9 @@ def units(config: Config, config_path: Path, python: Optional[str] = None) -> li
         config: the loaded config (pins, off level, limits, data_dir).
         config_path: the file both `serve` and `off` will read (made absolute).
         python: the interpreter barmaid is installed in; default: this one.
+
+    Raises:
+        ConfigError: data_dir is in a home directory, which the service cannot see.
     """
     python = python or sys.executable
     config_arg = str(Path(config_path).absolute())
@@ -140,6 +146,11 @@ def _data_dir(data_dir: Path) -> list[str]:
     """StateDirectory= for a data_dir under /var/lib (systemd creates it, owned by barmaid);
     else the one writable path in a read-only system."""
     path = PurePosixPath(data_dir)
+    if any(path.is_relative_to(home) for home in HOMES):
+        raise ConfigError(
+            f"data_dir = {str(path)!r} is in a home directory, which the service cannot see (ProtectHome);"
+            " set data_dir: /var/lib/barmaid in the config"
+        )
     if path.is_relative_to(STATE_ROOT) and path != STATE_ROOT:
         return [f"StateDirectory={path.relative_to(STATE_ROOT)}", "StateDirectoryMode=0750"]
     return [f"ReadWritePaths={shlex.quote(str(path))}"]

@@ -68,6 +68,12 @@ def test_a_data_dir_outside_var_lib_is_the_one_writable_path():
     assert lines(service, "ReadWritePaths") == ["/srv/bar"] and "StateDirectory=" not in service
 
 
+def test_a_data_dir_in_a_home_the_service_cannot_see_is_a_config_error(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("data_dir: /root/.local/share/barmaid\ndriver: {kind: pigpio}\n", encoding="utf-8")
+    assert main(["service", "--config", str(config)]) == 2
+
+
 @pytest.mark.parametrize("active_low, drive", [(True, "dh"), (False, "dl")])
 def test_the_daemon_drop_in_forces_the_configs_pins_to_their_off_level_without_the_daemon(active_low, drive):
     drop_in = by_name(pi_config(active_low=active_low))["pigpiod.service.d/barmaid-pumps-off.conf"]
