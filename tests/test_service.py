@@ -109,7 +109,7 @@ def test_the_shipped_units_are_generated_from_the_example_config():
 
 def test_service_prints_the_units_and_installs_them(tmp_path, capsys):
     config = tmp_path / "config.yaml"
-    config.write_text("driver: {kind: pigpio, active_low: true}\n", encoding="utf-8")
+    config.write_text("data_dir: /var/lib/barmaid\ndriver: {kind: pigpio, active_low: true}\n", encoding="utf-8")
     assert main(["service", "--config", str(config)]) == 0
     printed = capsys.readouterr().out
     assert "# /etc/systemd/system/barmaid.service\n" in printed and "op dh" in printed

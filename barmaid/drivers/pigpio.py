@@ -202,9 +202,10 @@ class PigpioDriver(Driver):
             ) from None
         try:
             start = time.monotonic()
-            while pi.wave_tx_busy() and time.monotonic() - start < wait_for_pour_s:
+            busy = waited = bool(pi.wave_tx_busy()) and wait_for_pour_s > 0
+            while busy and time.monotonic() - start < wait_for_pour_s:
                 time.sleep(POLL)
-            waited = time.monotonic() - start if time.monotonic() - start >= POLL else 0.0
+                busy = bool(pi.wave_tx_busy())
             cut = bool(pi.wave_tx_busy())
             on = _on_pins(pi, gpios, off_level)
             _switch_off(pi, gpios, off_level, outputs=True)
@@ -214,7 +215,7 @@ class PigpioDriver(Driver):
             _discard(pi)
         what = [f"every pump off on GPIO {', '.join(map(str, gpios))} ({'active-low' if off_level else 'active-high'})"]
         if waited:
-            what.append(f"after waiting {waited:.1f} s for a pour to end")
+            what.append(f"after waiting {time.monotonic() - start:.1f} s for a pour to end")
         if cut:
             what.append("a pour still playing was stopped")
         if on:
