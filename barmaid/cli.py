@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     service = commands.add_parser("service", help="print (or --install) the systemd units for this config")
     service.add_argument("--config", type=Path, required=True, help="the config file the service will run with")
     service.add_argument("--install", action="store_true", help="write them under --unit-dir (as root)")
-    service.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), help=argparse.SUPPRESS)
+    service.add_argument("--unit-dir", type=Path, help=argparse.SUPPRESS)  # tests: instead of /etc/systemd/system
 
     diagram = commands.add_parser("diagram", help="print the state diagram drawn from states.yaml")
     diagram.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
@@ -93,15 +93,16 @@ def _off(args: argparse.Namespace) -> int:
 
 
 def _service(args: argparse.Namespace) -> int:
-    from .service import install, units
+    from .service import UNIT_DIR, install, units
 
     made = units(load_config(args.config), args.config)
+    unit_dir = args.unit_dir or UNIT_DIR
     if not args.install:
         for unit in made:
-            print(f"# {args.unit_dir / unit.path}\n{unit.text}")
+            print(f"# {unit_dir / unit.path}\n{unit.text}")
         return 0
     try:
-        for path in install(made, args.unit_dir):
+        for path in install(made, unit_dir):
             print(f"wrote {path}")
     except OSError as exc:
         raise BarmaidError(f"cannot write {exc.filename} ({exc.strerror}); run it with sudo") from None
