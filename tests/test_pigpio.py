@@ -240,7 +240,8 @@ def test_halt_writes_the_pumps_off_then_stops_the_wave_then_writes_off_again_and
     start = len(daemon.command_log())
     d.halt()
     off = CMD_BS1 if active_low else CMD_BC1
-    assert [c[1] for c in daemon.command_log()[start:]][:4] == [off, CMD_WVHLT, off, CMD_BR1]
+    commands = [c[1] for c in daemon.command_log()[start:] if c[1] != CMD_WVBSY]  # less heartbeats
+    assert commands[:4] == [off, CMD_WVHLT, off, CMD_BR1]
     assert daemon.level(PUMP_0) == daemon.level(PUMP_1) == d.off_level
 
 
@@ -303,7 +304,7 @@ def test_connecting_leaves_a_pour_found_playing_alone_until_it_ends(driver, daem
     other = pigpio.pi("127.0.0.1", daemon.port, show_errors=False)
     try:
         other.set_mode(PUMP_0, pigpio.OUTPUT)
-        other.wave_add_generic([pigpio.pulse(1 << PUMP_0, 0, 400_000), pigpio.pulse(0, 1 << PUMP_0, 0)])
+        other.wave_add_generic([pigpio.pulse(1 << PUMP_0, 0, 800_000), pigpio.pulse(0, 1 << PUMP_0, 0)])
         other.wave_send_once(other.wave_create())
     finally:
         other.stop()  # e.g. a barmaid that crashed mid-pour
@@ -317,7 +318,7 @@ def test_connecting_leaves_a_pour_found_playing_alone_until_it_ends(driver, daem
     assert daemon.wave_busy()
     assert daemon.wait_for(lambda: not daemon.wave_busy(), 2.0)
     assert eventually(lambda: d.available and not d.playing(), 2.0)
-    assert daemon.on_durations(PUMP_0) == [pytest.approx(0.4, abs=0.01 + daemon.max_lateness())]
+    assert daemon.on_durations(PUMP_0) == [pytest.approx(0.8, abs=0.01 + daemon.max_lateness())]
     assert all(daemon.modes()[g] == pigpio.OUTPUT and daemon.level(g) == 0 for g in DEFAULT_GPIOS)
 
 
