@@ -359,6 +359,9 @@ class PigpioDriver(Driver):
             _discard(pi)
             return self._unreachable(f"setting the pump pins failed: {exc}")
         with self._lock:
+            if self._closed.is_set():  # closed while connecting: this client is not wanted
+                _discard(pi)
+                return False
             self._pi, self._limits, self._found = pi, limits, found
             self._ours = self._playing = False
             lost_at, self._lost_at = self._lost_at, None
