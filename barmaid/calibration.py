@@ -99,7 +99,7 @@ def _least_squares(seconds: list[float], ml: list[float]) -> Law:
             f"the longer runs poured no more than the shorter ones ({_listed(seconds, ml)}): that is no pump's"
             " behaviour; measure the runs again, or send reset_calibration to start over"
         )
-    dead = mean_t - mean_ml / flow
+    dead = round(mean_t - mean_ml / flow, 6)  # drivers time to the microsecond
     if -NEGATIVE_DEAD_TOLERANCE_S <= dead < 0:
         return Law(sum(t * m for t, m in zip(seconds, ml)) / sum(t * t for t in seconds))
     return Law(flow, dead)
