@@ -280,3 +280,11 @@ def test_a_blend_stopped_during_the_start_up_time_takes_nothing_off_the_bottle(s
     assert stopped["after"] < 0.5, stopped  # still starting up
     pump = ask_state(peer)["pumps"][1]
     assert (pump["level_ml"], pump["sim_poured_ml"]) == (300.0, 0.0)
+
+
+def test_reset_calibration_needs_the_token_like_set_flow(start):
+    server = start(server={"host": "127.0.0.1", "token": "s3cret-token"})
+    peer = peer_of(server)
+    peer.send({"type": "reset_calibration", "data": {"pump": 0}})
+    reply = peer.recv()
+    assert reply["type"] == "error" and "token" in reply["data"]["msg"], reply
