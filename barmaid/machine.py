@@ -246,10 +246,6 @@ class Controller:
         self._recover()
 
     @property
-    def flows(self) -> list[float]:
-        return [pump.flow_ml_s for pump in self.pumps]
-
-    @property
     def laws(self) -> list[Law]:
         """What each pump pours in t seconds: nothing for dead_s, then flow_ml_s."""
         return [Law(pump.flow_ml_s, pump.dead_s) for pump in self.pumps]
@@ -361,6 +357,8 @@ class Controller:
         """The ml the pump's last calibrate run poured: a point; its law is fitted again to all."""
         pump = request.pump
         with self._lock:
+            if self.action is not None and self.action.kind == "calibrate" and pump in self.action.plan:
+                raise BadMessage(f"set_flow: pump {pump} is still calibrating; send the ml it poured once it is done")
             runs = self._runs.get(pump, [])
             if not runs:
                 raise BadMessage(

@@ -288,3 +288,15 @@ def test_reset_calibration_needs_the_token_like_set_flow(start):
     peer.send({"type": "reset_calibration", "data": {"pump": 0}})
     reply = peer.recv()
     assert reply["type"] == "error" and "token" in reply["data"]["msg"], reply
+
+
+def test_set_flow_while_that_pump_still_calibrates_is_refused(start):
+    server = start()
+    peer = peer_of(server)
+    peer.send({"type": "calibrate", "data": {"pump": 4, "seconds": 2}})  # its first
+    peer.recv_until(is_type("status"))
+    reply = set_flow(peer, 4, 20.0)
+    assert reply["type"] == "error" and "still calibrating" in reply["data"]["msg"], reply
+    peer.send({"type": "stop"})
+    peer.recv_until(is_type("stopped"))
+    assert ask_state(peer)["pumps"][4]["points"] == []
