@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 from typing import Any, Callable
 
@@ -72,6 +73,8 @@ def start(write_config, data_dir):
 
 def peer_of(server: BarmaidServer) -> Peer:
     peer = Peer(f"ws://127.0.0.1:{server.port}/")
+    # A request and its echo go out back to back: without this, Nagle holds the echo for the ACK.
+    peer.ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     assert peer.echo("hello") == []
     return peer
 

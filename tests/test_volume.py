@@ -3,13 +3,14 @@
 The end-to-end tests calibrate simulated pumps whose true flow and start-up time (`pumps[i].sim`)
 the controller does not know, over a real WebSocket, exactly as a user with a measuring jug would:
 run calibrate, read what came out (`sim_poured_ml` stands in for the jug), send set_flow. Pumps
-are fast and runs short (0.1 s and 0.4 s instead of 1 s and 6 s) so the tests stay quick; the
+are fast and runs short (0.1 s and 0.25 s instead of 1 s and 6 s) so the tests stay quick; the
 simulated pumps pour by the times they were due, so a late thread wake-up does not blur the ml.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any, Optional
 
@@ -29,9 +30,9 @@ from conftest import Peer, close_quickly, eventually, fast_pumps, is_final_statu
 from fake_pigpiod import FakePigpiod
 
 #: Hidden truths: pump -> (flow ml/s, start-up s). Pump 2 has no start-up time.
-TRUTHS = {0: (150.0, 0.08), 1: (400.0, 0.03), 2: (250.0, 0.0)}
-SHORT_RUN, LONG_RUN = 0.1, 0.4
-POURS_ML = (5.0, 20.0, 60.0)
+TRUTHS = {0: (150.0, 0.05), 1: (400.0, 0.03), 2: (250.0, 0.0)}
+SHORT_RUN, LONG_RUN = 0.1, 0.25
+POURS_ML = (5.0, 20.0, 40.0)
 
 
 def within_target(error_ml: float, ml: float) -> bool:
@@ -72,6 +73,8 @@ class Bartender:
 
     def __init__(self, server: BarmaidServer) -> None:
         self.peer = Peer(f"ws://127.0.0.1:{server.port}/")
+        # A request and its echo go out back to back: without this, Nagle holds the echo for the ACK.
+        self.peer.ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert self.peer.echo("hello") == []
 
     def send(self, message: dict[str, Any]) -> dict[str, Any]:
