@@ -10,6 +10,7 @@ simulated pumps pour by the times they were due, so a late thread wake-up does n
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from typing import Any, Optional
@@ -22,6 +23,7 @@ from barmaid.config import DEFAULT_GPIOS, load_config
 from barmaid.drivers.base import Span
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.drivers.simulated import SimulatedDriver, Truth
+from barmaid.errors import ConfigError
 from barmaid.machine import Action
 from barmaid.protocol import parse
 from barmaid.server import BarmaidServer
@@ -251,3 +253,27 @@ def test_pours_in_groups_of_max_parallel_pumps_are_timed_by_each_pumps_law(start
         {"type": "blend", "data": {"cup_size": 0.06, "ratios": {str(p): 1 / 3 for p in TRUTHS}}}), server.limits))
     assert spans == {p: pytest.approx(dead + 20.0 / flow) for p, (flow, dead) in TRUTHS.items()}
     bartender.close()
+
+
+@pytest.mark.parametrize(
+    "sim, says",
+    [
+        ({"flow_ml_s": 10, "delay": 3}, "unknown key 'pumps.0.sim.delay' in pumps.0.sim; allowed: flow_ml_s, dead_s, noise_ml"),
+        ({"dead_s": -1}, "pumps.0.sim.dead_s = -1"),
+    ],
+    ids=["unknown-key", "negative-start-up"],
+)
+def test_a_wrong_sim_truth_in_the_config_is_named(write_config, sim, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(write_config({"pumps": [{"gpio": 5, "sim": sim}]}))
+
+
+def test_a_sim_truth_defaults_to_the_pumps_configured_flow_and_no_start_up_time(write_config):
+    config = load_config(write_config({"pumps": [{"gpio": 5, "flow_ml_s": 12.5}]}))
+    driver = SimulatedDriver.for_config(config)
+    try:
+        driver.pour({0: 0.04})
+        assert eventually(lambda: not driver.playing())
+        assert driver.poured_ml() == [pytest.approx(0.5, abs=1e-6)]
+    finally:
+        driver.close()

@@ -50,6 +50,8 @@ class SimulatedDriver(Driver):
             truths: per pump, how it really pours; None: nothing is poured, only switched.
         """
         super().__init__(gpios, max_pump_seconds)
+        if truths is not None and len(truths) != len(self.gpios):
+            raise ValueError(f"{len(truths)} truths for {len(self.gpios)} simulated pumps: give one per pump")
         self._clock = clock
         self._cond = threading.Condition()
         self._on: dict[int, float] = {}  # pump -> when it went on
