@@ -74,6 +74,19 @@ class LimitsConfig(BaseModel):
     max_parallel_pumps: Optional[int] = Field(None, ge=1, le=32)
 
 
+class SimPumpConfig(BaseModel):
+    """How a simulated pump really pours, unknown to the controller (which calibrates against it)."""
+
+    model_config = _STRICT
+
+    #: None: the pump's configured flow_ml_s.
+    flow_ml_s: Optional[float] = Field(None, gt=0, le=MAX_FLOW_ML_S)
+    #: Seconds on before liquid comes out.
+    dead_s: float = Field(0.0, ge=0, le=60)
+    #: Standard deviation of each run's volume, in ml (seeded: runs repeat).
+    noise_ml: float = Field(0.0, ge=0, le=1000)
+
+
 class PumpConfig(BaseModel):
     model_config = _STRICT
 
@@ -83,6 +96,8 @@ class PumpConfig(BaseModel):
     prime_ml: float = Field(8.0, ge=0, le=1000)
     #: What a full bottle holds; None: its level is not tracked.
     capacity_ml: Optional[float] = Field(None, gt=0, le=100_000)
+    #: The simulated driver's truth for this pump; real drivers ignore it.
+    sim: SimPumpConfig = SimPumpConfig()
 
 
 def _default_pumps() -> tuple[PumpConfig, ...]:

@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,13 +18,16 @@ from typing import Any, Callable, Optional
 import yaml
 from transitions import EventData, Machine, MachineError
 
-from .config import MAX_FLOW_ML_S, Config
+from .calibration import MAX_FLOW_ML_S, MIN_FLOW_ML_S, Law, Run, fit
+from .config import Config
 from .drivers.base import Driver, Span, switches
+from .drivers.simulated import SimulatedDriver
 from .errors import BadMessage, BottleTooLow, Busy, ConfigError, StoreError
 from .outcomes import Outcome
 from .protocol import (
     Blend,
     Calibrate,
+    CalibrationPoint,
     Clean,
     History,
     HistoryReply,
@@ -33,6 +36,7 @@ from .protocol import (
     Refill,
     Reply,
     Request,
+    ResetCalibration,
     SetFlow,
     SetLevel,
     State,
@@ -133,6 +137,8 @@ class Action:
     t0: float = 0.0
     pour_id: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    #: Each pump's start-up time: seconds on before it pours (missing: 0).
+    dead_s: dict[int, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -143,9 +149,15 @@ class Action:
         return self.t0 + self.seconds
 
     def poured(self, elapsed: float) -> dict[int, float]:
-        """Millilitres each pump has poured `elapsed` seconds after the start."""
-        share = {p: min(max((elapsed - s.start) / s.seconds, 0.0), 1.0) for p, s in self.plan.items()}
-        return {p: round(self.ml[p] * share[p], 3) for p in self.plan}
+        """Millilitres each pump has poured `elapsed` seconds after the start: nothing during
+        its start-up time, then at its flow (the share of its run past the start-up time)."""
+        poured = {}
+        for pump, span in self.plan.items():
+            dead = self.dead_s.get(pump, 0.0)
+            on = min(max(elapsed - span.start, 0.0), span.seconds)
+            share = (on - dead) / (span.seconds - dead) if span.seconds > dead else 0.0
+            poured[pump] = round(self.ml[pump] * min(max(share, 0.0), 1.0), 3)
+        return poured
 
 
 def schedule(seconds: dict[int, float], lanes: Optional[int]) -> dict[int, Span]:
@@ -193,17 +205,18 @@ class Controller:
         self.driver = driver
         self.store = store or Store(None)
         saved = self.store.pumps()
+        #: pump -> its calibrate runs since its last reset, oldest first; the last is the one set_flow measures.
+        self._runs = self.store.calibration_runs()
         self.pumps = []
         for number, pump in enumerate(config.pumps):
             record = saved.get(number, PumpRecord())
             self.pumps.append(
                 PumpState(
                     pump=number,
-                    flow_ml_s=record.flow_ml_s or pump.flow_ml_s,  # a calibration wins over the config
                     prime_ml=pump.prime_ml,
                     level_ml=record.level_ml,
                     capacity_ml=pump.capacity_ml,
-                    calibration_seconds=record.calibration_seconds,
+                    **self._loaded_calibration(number, record),  # a calibration wins over the config
                 )
             )
         self.action: Optional[Action] = None
@@ -221,6 +234,7 @@ class Controller:
             History: self._history,
             SetLevel: self._set_level,
             SetFlow: self._set_flow,
+            ResetCalibration: self._reset_calibration,
         }
         self.machine = Machine(
             model=self,
@@ -232,8 +246,9 @@ class Controller:
         self._recover()
 
     @property
-    def flows(self) -> list[float]:
-        return [pump.flow_ml_s for pump in self.pumps]
+    def laws(self) -> list[Law]:
+        """What each pump pours in t seconds: nothing for dead_s, then flow_ml_s."""
+        return [Law(pump.flow_ml_s, pump.dead_s) for pump in self.pumps]
 
     # ---- from outside ---------------------------------------------------------------------
 
@@ -249,15 +264,15 @@ class Controller:
         return self._handlers[type(request)](request)
 
     def plan(self, request: Request) -> dict[int, float]:
-        """Seconds each pump runs for a blend (volume / flow), refill, calibrate or clean."""
-        flows = self.flows
+        """Seconds each pump runs for a blend or refill (dead_s + volume / flow), calibrate or clean."""
+        laws = self.laws
         if isinstance(request, Blend):
-            return {p: request.cup_size * 1000 * r / flows[p] for p, r in request.ratios.items()}
+            return {p: laws[p].seconds(request.cup_size * 1000 * r) for p, r in request.ratios.items()}
         if isinstance(request, Refill):
             prime = self.pumps[request.pump].prime_ml
             if prime <= 0:
                 raise BadMessage(f"pump {request.pump} has prime_ml 0 in the config: nothing to refill")
-            return {request.pump: prime / flows[request.pump]}
+            return {request.pump: laws[request.pump].seconds(prime)}
         if isinstance(request, Calibrate):
             return {request.pump: request.seconds}
         if isinstance(request, Clean):
@@ -271,7 +286,7 @@ class Controller:
                 state=self.state,
                 action=action.kind if action else None,
                 remaining_time=self.remaining(),
-                pumps=list(self.pumps),
+                pumps=self._pump_states(),
             )
 
     def remaining(self) -> int:
@@ -294,13 +309,14 @@ class Controller:
     # ---- request handlers -----------------------------------------------------------------
 
     def _pour(self, request: Request) -> None:
-        seconds = self.plan(request)
-        ml = {p: s * self.flows[p] for p, s in seconds.items()}
+        seconds, laws = self.plan(request), self.laws
+        ml = {p: laws[p].ml(s) for p, s in seconds.items()}
         plan = schedule(seconds, self.config.limits.max_parallel_pumps)
         self.driver.check(plan)
         with self._lock:
             try:
-                getattr(self, request.type)(action=Action(request.type, plan, ml))
+                action = Action(request.type, plan, ml, dead_s={p: laws[p].dead_s for p in seconds})
+                getattr(self, request.type)(action=action)
             except MachineError:
                 retry_in = self.remaining()
                 raise Busy(f"Already {self.state} ! Retry in {retry_in} sec", retry_in=retry_in) from None
@@ -338,19 +354,46 @@ class Controller:
         self._update_pump(request.pump, level_ml=request.ml)
 
     def _set_flow(self, request: SetFlow) -> None:
-        seconds = self.pumps[request.pump].calibration_seconds
-        if not seconds:
-            raise BadMessage(
-                f"set_flow: pump {request.pump} has no calibration run; send calibrate first, then the ml it poured"
-            )
-        flow = request.ml / seconds
-        if flow > MAX_FLOW_ML_S:
-            raise BadMessage(
-                f"set_flow: {request.ml:g} ml in {seconds:.3f} s is {flow:.0f} ml/s, more than any pump moves"
-                f" ({MAX_FLOW_ML_S:g}); calibrate for longer and measure again"
-            )
-        self._update_pump(request.pump, flow_ml_s=flow)
-        log.info("pump %d flow set to %.3f ml/s (%g ml in %.3f s)", request.pump, request.ml / seconds, request.ml, seconds)
+        """The ml the pump's last calibrate run poured: a point; its law is fitted again to all."""
+        pump = request.pump
+        with self._lock:
+            if self.action is not None and self.action.kind == "calibrate" and pump in self.action.plan:
+                raise BadMessage(f"set_flow: pump {pump} is still calibrating; send the ml it poured once it is done")
+            runs = self._runs.get(pump, [])
+            if not runs:
+                raise BadMessage(
+                    f"set_flow: pump {pump} has no calibration run; send calibrate first, then the ml it poured"
+                )
+            last = runs[-1]
+            if last.cut:
+                raise BadMessage(
+                    f"set_flow: pump {pump}'s last calibration was cut ({last.cut}) before its end, so how long it"
+                    " ran is not known; calibrate again, then send the ml it poured"
+                )
+            measured = replace(last, ml=request.ml)
+            try:
+                fields = self._fitted([*runs[:-1], measured])
+            except BadMessage as exc:
+                raise BadMessage(f"set_flow: pump {pump}: {exc}") from None
+            state, values = self.pumps[pump], {"flow_ml_s": fields["flow_ml_s"]}
+            if state.level_ml is not None:  # the run took charged_ml (or the last measure) off the level
+                level = state.level_ml + (last.charged_ml if last.ml is None else last.ml) - request.ml
+                values["level_ml"] = min(max(level, 0.0), state.capacity_ml or math.inf)
+            run_id = self.store.save_calibration_run(measured, **values)
+            self._runs[pump] = [*runs[:-1], replace(measured, id=run_id)]
+            self.pumps[pump] = state.model_copy(update={**fields, **values})
+            self.publish_state()
+        log.info("pump %d: %g ml in %.3f s; flow %.3f ml/s, start-up time %.3f s from %d points", pump, request.ml,
+                 last.seconds, fields["flow_ml_s"], fields["dead_s"], len(fields["points"]))
+
+    def _reset_calibration(self, request: ResetCalibration) -> None:
+        pump = request.pump
+        with self._lock:
+            self.store.reset_calibration(pump)
+            self._runs[pump] = []
+            self.pumps[pump] = self.pumps[pump].model_copy(update=self._uncalibrated(pump))
+            self.publish_state()
+        log.info("pump %d: calibration reset; flow %g ml/s from the config", pump, self.pumps[pump].flow_ml_s)
 
     def _update_pump(self, pump: int, **values: Optional[float]) -> None:
         """Changes one pump's record (on disk first, so memory never holds what a restart loses)
@@ -417,8 +460,6 @@ class Controller:
                 update["level_ml"] = None if state.capacity_ml is None else max(0.0, state.capacity_ml - poured[pump])
             elif action.kind != "clean" and state.level_ml is not None:  # cleaning runs water
                 update["level_ml"] = max(0.0, state.level_ml - poured[pump])
-            if action.kind == "calibrate":
-                update["calibration_seconds"] = min(max(ran - span.start, 0.0), span.seconds)
             if update:
                 updates[pump] = update
                 self.pumps[pump] = state.model_copy(update=update)
@@ -426,6 +467,8 @@ class Controller:
             self.store.end_pour(action.pour_id, outcome, poured, updates)
         except StoreError as exc:
             log.error("the %s ended (%s) but could not be recorded: %s", action.kind, outcome, exc)
+        if action.kind == "calibrate":
+            self._end_calibration(action, outcome, ran)
 
     def _recover(self) -> None:
         """Pours a crash cut off: counted as poured in full (the pigpio daemon finishes a wave
@@ -437,6 +480,72 @@ class Controller:
             self._record(action, Outcome.INTERRUPTED, action.seconds if plan else 0.0)
             log.warning("the %s started at %s was cut off by a crash; counted as poured: %s ml",
                         record.action, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)), ml)
+
+    # ---- calibration ----------------------------------------------------------------------
+
+    def _loaded_calibration(self, pump: int, record: PumpRecord) -> dict[str, Any]:
+        """PumpState fields of a pump's calibration at start-up: fitted to its stored points,
+        else its stored one-number flow (older barmaid), else the config's."""
+        runs = self._runs.get(pump, [])
+        last = {"calibration_seconds": runs[-1].seconds if runs and not runs[-1].cut else None}
+        if any(run.ml is not None for run in runs):
+            try:
+                return {**self._fitted(runs), **last}
+            except BadMessage as exc:
+                log.error("pump %d: its stored calibration runs fit no pump (%s); send reset_calibration", pump, exc)
+        flow = record.flow_ml_s
+        if flow is not None and MIN_FLOW_ML_S <= flow <= MAX_FLOW_ML_S:
+            return {**self._uncalibrated(pump), "flow_ml_s": flow, **last}
+        if flow is not None:
+            log.warning(
+                "pump %d: the stored flow %g ml/s is not plausible (%g to %g ml/s), so the config's %g ml/s is"
+                " used; calibrate it again", pump, flow, MIN_FLOW_ML_S, MAX_FLOW_ML_S, self.config.pumps[pump].flow_ml_s
+            )
+        return {**self._uncalibrated(pump), **last}
+
+    def _uncalibrated(self, pump: int) -> dict[str, Any]:
+        return {"flow_ml_s": self.config.pumps[pump].flow_ml_s, "dead_s": 0.0, "points": [], "calibration_seconds": None}
+
+    @staticmethod
+    def _fitted(runs: list[Run]) -> dict[str, Any]:
+        """PumpState fields of the law fitted to the measured runs, with each point's residual.
+
+        Raises:
+            BadMessage: the runs fit no plausible pump.
+        """
+        points = [run for run in runs if run.ml is not None]
+        result = fit(points)
+        return {
+            "flow_ml_s": result.law.flow_ml_s,
+            "dead_s": result.law.dead_s,
+            "points": [
+                CalibrationPoint(seconds=p.seconds, ml=p.ml, taken=p.taken, residual_ml=round(residual, 3))
+                for p, residual in zip(points, result.residuals_ml)
+            ],
+        }
+
+    def _end_calibration(self, action: Action, outcome: Outcome, ran: float) -> None:
+        """A calibrate run ended: it becomes its pump's last run, the one set_flow measures. Only
+        a completed or stopped run has a known length; any other was cut at a time not known."""
+        ((pump, span),) = action.plan.items()
+        cut = None if outcome in (Outcome.COMPLETED, Outcome.STOPPED) else Outcome(outcome).value
+        seconds = min(max(ran - span.start, 0.0), span.seconds)
+        run = Run(pump, seconds, time.time(), action.poured(ran)[pump], cut)
+        try:
+            run = replace(run, id=self.store.save_calibration_run(run))
+        except StoreError as exc:
+            log.error("the calibrate run of pump %d could not be stored (%s); it is kept until a restart", pump, exc)
+        self._runs[pump] = [*(r for r in self._runs.get(pump, []) if r.ml is not None), run]
+        self.pumps[pump] = self.pumps[pump].model_copy(update={"calibration_seconds": None if cut else seconds})
+        if cut:
+            log.warning("the calibrate run of pump %d was cut (%s): how long it ran is not known; calibrate again", pump, cut)
+
+    def _pump_states(self) -> list[PumpState]:
+        """The pumps as `state` shows them; with simulated pumps, what each really poured."""
+        poured = self.driver.poured_ml() if isinstance(self.driver, SimulatedDriver) else None
+        if poured is None:
+            return list(self.pumps)
+        return [state.model_copy(update={"sim_poured_ml": ml}) for state, ml in zip(self.pumps, poured)]
 
     def _send_status(self, action: Action, remaining: int) -> None:
         self._broadcast(

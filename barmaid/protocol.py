@@ -208,12 +208,20 @@ class Calibrate(Request):
 
 
 class SetFlow(Request):
-    """Sets flow_ml_s = ml / seconds of that pump's last calibration run."""
+    """Gives the ml that pump's last calibrate run poured: a point; flow_ml_s and dead_s are fitted to them."""
 
     type: ClassVar[str] = "set_flow"
     guarded: ClassVar[bool] = True
     pump: PumpNumber
     ml: Positive = Field(description="millilitres measured after the last calibrate of this pump")
+
+
+class ResetCalibration(Request):
+    """Starts one pump's calibration over: its runs are forgotten and the config's flow counts again."""
+
+    type: ClassVar[str] = "reset_calibration"
+    guarded: ClassVar[bool] = True
+    pump: PumpNumber
 
 
 class Clean(Request):
@@ -245,7 +253,7 @@ class Hello(Request):
 
 
 REQUESTS: dict[str, type[Request]] = {
-    cls.type: cls for cls in (Blend, Refill, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, Clean, Hello)
+    cls.type: cls for cls in (Blend, Refill, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, ResetCalibration, Clean, Hello)
 }
 
 
@@ -358,13 +366,29 @@ class Stopped(Reply):
     msg: str
 
 
+class CalibrationPoint(BaseModel):
+    """One measured calibrate run, and how far the fitted law is from it."""
+
+    seconds: float = Field(description="how long the pump really ran")
+    ml: float = Field(description="what it poured, as given with set_flow")
+    taken: float = Field(description="Unix time of the run")
+    residual_ml: float = Field(description="ml minus what flow_ml_s and dead_s say the run poured")
+
+
 class PumpState(BaseModel):
     pump: int
     flow_ml_s: float
+    dead_s: float = Field(0.0, description="start-up time: seconds on before liquid comes out")
     prime_ml: float
     level_ml: Optional[float] = Field(None, description="what is left in the bottle; null: not tracked")
     capacity_ml: Optional[float] = Field(None, description="a full bottle; null: unknown")
-    calibration_seconds: Optional[float] = Field(None, description="length of the last calibrate run")
+    calibration_seconds: Optional[float] = Field(
+        None, description="length of the last calibrate run; null: none, or cut so its length is unknown"
+    )
+    points: list[CalibrationPoint] = Field(default_factory=list, description="the runs flow_ml_s and dead_s are fitted to")
+    sim_poured_ml: Optional[float] = Field(
+        None, description="simulated pumps only (absent otherwise): what the pump really poured since start"
+    )
 
 
 class StateReply(Reply):
@@ -376,8 +400,12 @@ class StateReply(Reply):
     remaining_time: int = Field(ge=0)
     pumps: list[PumpState]
 
-    def frame(self) -> str:  # level_ml null means "not tracked": keep the nulls
-        return json.dumps({"type": self.type, "data": self.model_dump(mode="json")})
+    def frame(self) -> str:  # level_ml null means "not tracked": keep the nulls, but sim_poured_ml's
+        data = self.model_dump(mode="json")
+        for pump in data["pumps"]:
+            if pump["sim_poured_ml"] is None:
+                del pump["sim_poured_ml"]
+        return json.dumps({"type": self.type, "data": data})
 
 
 class PourEntry(BaseModel):

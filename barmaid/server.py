@@ -16,7 +16,7 @@ from .config import Config
 from .drivers.base import Driver
 from .errors import BadMessage, BarmaidError
 from .machine import Controller
-from .protocol import Echo, Hello, Limits, SetFlow, SetLevel, State, Welcome, echo_frame, error_frame, parse
+from .protocol import Echo, Hello, Limits, ResetCalibration, SetFlow, SetLevel, State, Welcome, echo_frame, error_frame, parse
 from .store import Store
 from .transport import Client, Transport
 
@@ -95,7 +95,7 @@ class BarmaidServer:
                     f"{request.type}: this machine needs its token first: connect to ws://host:port/?token=..."
                     ' or send {"type": "hello", "data": {"token": "..."}}'
                 )
-            if isinstance(request, (State, SetLevel, SetFlow)):  # they see the state from now on
+            if isinstance(request, (State, SetLevel, SetFlow, ResetCalibration)):  # they see the state from now on
                 with self._watchers_lock:
                     self._watchers.add(client.id)
             reply = self.controller.submit(request)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .calibration import Run
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ CREATE TABLE IF NOT EXISTS pours (
     planned_ml TEXT NOT NULL,   -- JSON {pump: ml}
     poured_ml TEXT,             -- JSON {pump: ml}
     outcome TEXT NOT NULL       -- running, completed, stopped, lost, shut down, interrupted
+);
+CREATE TABLE IF NOT EXISTS calibration_runs (  -- since the pump's last reset_calibration
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pump INTEGER NOT NULL,
+    taken REAL NOT NULL,        -- Unix time the run ended
+    seconds REAL NOT NULL,      -- how long the pump really ran
+    charged_ml REAL NOT NULL,   -- what it took off the bottle's level
+    cut TEXT,                   -- why its length is unknown; NULL: known
+    ml REAL                     -- measured with set_flow; NULL: not yet (not a point)
 );
 """
 
@@ -105,6 +115,17 @@ class Store:
             for i, s, e, a, planned, poured, o in rows
         ]
 
+    def calibration_runs(self) -> dict[int, list[Run]]:
+        """pump -> its calibrate runs since its last reset, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, pump, taken, seconds, charged_ml, cut, ml FROM calibration_runs ORDER BY id"
+            ).fetchall()
+        runs: dict[int, list[Run]] = {}
+        for id_, pump, taken, seconds, charged, cut, ml in rows:
+            runs.setdefault(pump, []).append(Run(pump, seconds, taken, charged, cut, ml, id_))
+        return runs
+
     def unfinished(self) -> list[PourRecord]:
         """Pours recorded as started but never as ended: a crash or power cut cut them off."""
         return [record for record in self.history(limit=1_000_000) if record.outcome == "running"]
@@ -115,6 +136,30 @@ class Store:
         """Sets level_ml, flow_ml_s and/or calibration_seconds of one pump."""
         with self._lock, self._transaction():
             self._upsert(pump, values)
+
+    def save_calibration_run(self, run: Run, **pump: Optional[float]) -> int:
+        """Stores a new run (its pump's unmeasured older runs go: only the newest can be measured)
+        or, with its id, the ml measured after it; with what that changes of its pump, at once.
+        Returns the run's id."""
+        with self._lock, self._transaction():
+            if run.id is None:
+                self._db.execute("DELETE FROM calibration_runs WHERE pump = ? AND ml IS NULL", (run.pump,))
+                run_id = self._db.execute(
+                    "INSERT INTO calibration_runs (pump, taken, seconds, charged_ml, cut, ml) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run.pump, run.taken, run.seconds, run.charged_ml, run.cut, run.ml),
+                ).lastrowid
+            else:
+                self._db.execute("UPDATE calibration_runs SET ml = ? WHERE id = ?", (run.ml, run.id))
+                run_id = run.id
+            if pump:
+                self._upsert(run.pump, pump)
+        return run_id
+
+    def reset_calibration(self, pump: int) -> None:
+        """Forgets every calibrate run of the pump and its calibrated flow (the config's counts again)."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM calibration_runs WHERE pump = ?", (pump,))
+            self._upsert(pump, {"flow_ml_s": None})
 
     def begin_pour(self, action: str, planned_ml: dict[int, float]) -> int:
         """Records a pour about to start; raises StoreError (the pour must then not start)."""

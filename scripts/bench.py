@@ -11,6 +11,8 @@ Everything runs on loopback (127.0.0.1), in processes this script starts and sto
     handler, for the echo round trip and throughput (the ratio barmaid / bare is the figure);
   - barmaid with the pigpio driver against tests/fake_pigpiod.py (run inside this process, on the
     same monotonic clock), for the on-time error, start skew, stop latency and status jitter;
+  - barmaid with simulated pumps that start pouring 0.1 to 0.5 s late, calibrated through the
+    protocol from one and from two runs, for the error of each pour in millilitres;
   - both barmaid processes, idle, for CPU and resident memory.
 Needs websocket-client (`pip install '.[test]'`). A watchdog ends the run if it overruns.
 """
@@ -632,7 +634,102 @@ def bench_jitter(url: str, interval: float, seconds: float, res: Results) -> Non
             f"p50 {ms(percentile(deviation, 50))}, p99 {ms(percentile(deviation, 99))}")
 
 
-# ---- 3. idle ----------------------------------------------------------------------------------
+# ---- 3. volumes: calibrating pumps with a start-up time --------------------------------------
+
+#: The simulated pumps' truths, (flow ml/s, start-up time s), unknown to barmaid: every flow of
+#: 5, 12, 25, 40 ml/s with a start-up time of 0.1 s and of 0.5 s, one per pump.
+VOLUME_PUMPS = [(flow, dead) for dead in (0.1, 0.5) for flow in (5.0, 12.0, 25.0, 40.0)]
+#: (name, calibrate runs in seconds, each run's spread in ml (sd), target checked).
+VOLUME_CASES = [
+    ("one point", (6.0,), 0.0, False),
+    ("two points", (1.0, 6.0), 0.0, True),
+    ("two points, runs +-0.1 ml", (1.0, 6.0), 0.1, False),
+]
+VOLUME_POURS_ML = (5.0, 10.0, 25.0, 50.0, 150.0)
+#: Seconds of the runs and pours are divided by it (see bench_volume).
+VOLUME_SPEEDUP = 20.0
+
+
+def volume_target(error_ml: float, ml: float) -> bool:
+    """The promise for calibrated pumps: within 0.2 ml or 1 %, whichever is larger."""
+    return abs(error_ml) <= max(0.2, 0.01 * ml)
+
+
+def ask_state(peer: Peer, message: dict) -> dict:
+    """Sends `message` and returns the state that answers it: barmaid answers a client's frames
+    in order, so it is the last state before the reply to an echo sent right after."""
+    peer.send(message)
+    peer.send({"type": "echo", "data": "volume sync"})
+    answer = None
+    for _, got in peer.recv_until(lambda m: m["type"] == "echo"):
+        if got["type"] == "state":
+            answer = got["data"]
+    return answer
+
+
+def poured(peer: Peer, message: dict) -> list[float]:
+    """What each simulated pump really poured (`sim_poured_ml`) for one blocking request."""
+    before = [p["sim_poured_ml"] for p in ask_state(peer, {"type": "state"})["pumps"]]
+    peer.send(message)
+    peer.recv_until(final_status)
+    after = [p["sim_poured_ml"] for p in ask_state(peer, {"type": "state"})["pumps"]]
+    return [a - b for a, b in zip(after, before)]
+
+
+def bench_volume(workdir: Path, res: Results) -> None:
+    """Calibrates 8 simulated pumps with start-up times through the protocol, once from one 6 s
+    run and once from two runs (1 s and 6 s), as a user with a jug would (calibrate, read what
+    came out, set_flow), then pours 5, 10, 25, 50 and 150 ml from each; the error of each pour.
+
+    It runs VOLUME_SPEEDUP times faster than real time, and that changes no millilitre: every
+    flow is multiplied and every start-up time and run divided by it, so each pump pours
+    speedup * F * (t / speedup - D / speedup) = F * (t - D), the same volume. What is measured is
+    the simulated driver's law (`pumps[i].sim`, `sim_poured_ml`), and that driver pours by the
+    times its switches were due, as the pigpio daemon's DMA does, so how late its thread wakes
+    does not enter either. Without noise these are the errors of the model alone; the noisy case
+    gives every run (calibration or pour) a seeded normal spread, as a real pump's runs differ.
+    """
+    for name, runs, noise, checked in VOLUME_CASES:
+        errors = volume_errors(workdir, name, runs, noise)
+        res.raw.setdefault("volume_errors", {})[name] = {str(ml): e for ml, e in errors.items()}
+        for ml, errs in errors.items():
+            worst = max(errs, key=abs)
+            outside = sum(not volume_target(e, ml) for e in errs)
+            measured = (f"{min(errs):+.3f} .. {max(errs):+.3f} ml (worst {worst / ml * 100:+.1f} %),"
+                        f" {outside}/{len(errs)} outside 0.2 ml / 1 %")
+            res.add(f"volume_{re.sub(r'[^a-z0-9]+', '_', name)}_{ml:g}ml",
+                    f"{ml:g} ml pour error, poured - asked, {name} ({', '.join(f'{s:g} s' for s in runs)}),"
+                    " 8 pumps of 5-40 ml/s starting 0.1-0.5 s late",
+                    measured, "within 0.2 ml or 1 %" if checked else "—", outside == 0 if checked else None)
+
+
+def volume_errors(workdir: Path, name: str, runs: Sequence[float], noise: float) -> dict[float, list[float]]:
+    """One barmaid with the VOLUME_PUMPS, each calibrated from `runs`: ml -> per pump, poured - asked."""
+    k = VOLUME_SPEEDUP
+    pumps = [{"gpio": g, "flow_ml_s": 20.0 * k, "prime_ml": 5.0,
+              "sim": {"flow_ml_s": f * k, "dead_s": d / k, "noise_ml": noise}} for g, (f, d) in zip(GPIOS, VOLUME_PUMPS)]
+    process, url = start_barmaid(f"barmaid-volume-{re.sub(r'[^a-z0-9]+', '-', name)}", workdir, pumps=pumps,
+                                 server={"status_interval": 0.1}, limits={"max_cup_size": 2.0})
+    peer = Peer(url)
+    errors: dict[float, list[float]] = {}
+    try:
+        for pump in range(len(VOLUME_PUMPS)):
+            for seconds in runs:
+                ml = poured(peer, {"type": "calibrate", "data": {"pump": pump, "seconds": seconds / k}})[pump]
+                fitted = ask_state(peer, {"type": "set_flow", "data": {"pump": pump, "ml": ml}})["pumps"][pump]
+            print(f"    {name}: pump {pump} (truly {VOLUME_PUMPS[pump][0]:g} ml/s after {VOLUME_PUMPS[pump][1]:g} s)"
+                  f" fitted {fitted['flow_ml_s'] / k:.3f} ml/s after {fitted['dead_s'] * k:.3f} s", flush=True)
+        ratios = {str(p): 1 / len(VOLUME_PUMPS) for p in range(len(VOLUME_PUMPS))}
+        for ml in VOLUME_POURS_ML:
+            got = poured(peer, {"type": "blend", "data": {"cup_size": ml * len(VOLUME_PUMPS) / 1000, "ratios": ratios}})
+            errors[ml] = [g - ml for g in got]
+    finally:
+        peer.close()
+        process.stop()
+    return errors
+
+
+# ---- 4. idle ----------------------------------------------------------------------------------
 
 
 def bench_idle(sizes: Sizes, processes: dict[str, int], urls: dict[str, str], res: Results) -> None:
@@ -749,6 +846,13 @@ Everything runs on loopback (127.0.0.1) in processes `scripts/bench.py` starts a
   timestamp of the last pump's switch-off (same clock, same machine).
 - **Status jitter**: one long blend per interval; the gaps between the arrivals of the status
   messages at the client (the final 0 excluded), against `status_interval`. No target.
+- **Volumes**: 8 simulated pumps whose truth barmaid does not know (flows 5, 12, 25, 40 ml/s,
+  each starting 0.1 s and 0.5 s late) are calibrated through the protocol, as a user with a jug
+  would (calibrate, read `sim_poured_ml`, set_flow): once from one 6 s run, once from two runs of
+  1 s and 6 s; then each pours 5, 10, 25, 50 and 150 ml. The figure is poured minus asked, per
+  pump. It runs 20 times faster than real time (flows times 20, start-up times and runs divided by
+  20), which changes no millilitre, since the simulated pumps pour by the times their switches were
+  due; no noise: the error of the model alone.
 - **Idle**: after the runs, with one silent client connected to each barmaid, the process's
   utime + stime over {idle:g} s in % of one core (clock ticks of 10 ms: the resolution is shown), and
   `VmRSS` (and the peak `VmHWM`) from `/proc/<pid>/status`; for simulated pumps and for the pigpio
@@ -877,7 +981,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     finally:
                         other.stop()
 
-            print("3. idle CPU and memory", flush=True)
+            print("3. volumes: one- and two-point calibration of pumps with start-up times", flush=True)
+            bench_volume(workdir, res)
+
+            print("4. idle CPU and memory", flush=True)
             bench_idle(sizes, {"simulated": sim.pid, "pigpio": pig.pid},
                        {"simulated": sim_url, "pigpio": pig_url}, res)
             res.add("rss_bare", "resident memory, bare websocket-server echo (for scale)",

@@ -16,4 +16,4 @@ def make_driver(config: Config) -> Driver:
         from .pigpio import PigpioDriver  # needs the pigpio package and, to pour, a daemon
 
         return PigpioDriver(gpios, config.limits.max_pump_seconds, config.driver)
-    return SimulatedDriver(gpios, config.limits.max_pump_seconds)
+    return SimulatedDriver.for_config(config)

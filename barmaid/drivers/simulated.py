@@ -1,16 +1,21 @@
 """Simulated pumps: the default backend, so a GUI can be built anywhere without a Raspberry Pi.
 
 It times pours on its own thread, as the pigpio daemon would, and keeps a timeline of every
-switch `(time, pump, on)` that tests assert on.
+switch `(time, pump, on)` that tests assert on. Given each pump's truth (`pumps[i].sim` in the
+config: flow, start-up time, noise), it also counts what each pump really poured, so a
+calibration can be run against a pump whose behaviour the controller does not know.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
+from ..calibration import Law
+from ..config import Config
 from .base import Driver, Plan, switches
 
 log = logging.getLogger(__name__)
@@ -23,24 +28,52 @@ class Switch(NamedTuple):
     on: bool
 
 
+class Truth(NamedTuple):
+    """How one simulated pump really pours: its law, and the spread of each run's volume."""
+
+    law: Law
+    noise_ml: float = 0.0
+
+
 class SimulatedDriver(Driver):
-    """Pumps that exist only as a timeline."""
+    """Pumps that exist only as a timeline, and, given their truths, as what they poured."""
 
     def __init__(
         self,
         gpios: Sequence[int],
         max_pump_seconds: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        truths: Optional[Sequence[Truth]] = None,
     ) -> None:
+        """
+        Args:
+            truths: per pump, how it really pours; None: nothing is poured, only switched.
+        """
         super().__init__(gpios, max_pump_seconds)
+        if truths is not None and len(truths) != len(self.gpios):
+            raise ValueError(f"{len(truths)} truths for {len(self.gpios)} simulated pumps: give one per pump")
         self._clock = clock
         self._cond = threading.Condition()
-        self._on: set[int] = set()
+        self._on: dict[int, float] = {}  # pump -> when it went on
         self._due: list[tuple[float, int, bool]] = []  # (deadline, pump, on), soonest last
         self._closed = False
         self.timeline: list[Switch] = []
+        self._truths = tuple(truths) if truths is not None else None
+        self._poured = [0.0] * len(self.gpios)
+        self._noise = [random.Random(pump) for pump in range(len(self.gpios))]  # seeded: runs repeat
         self._thread = threading.Thread(target=self._run, name="barmaid-sim-pumps", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_config(cls, config: Config) -> "SimulatedDriver":
+        """The configured pumps, each pouring by its `sim` truth (default: its flow, no start-up time)."""
+        truths = [Truth(Law(p.sim.flow_ml_s or p.flow_ml_s, p.sim.dead_s), p.sim.noise_ml) for p in config.pumps]
+        return cls([p.gpio for p in config.pumps], config.limits.max_pump_seconds, truths=truths)
+
+    def poured_ml(self) -> Optional[list[float]]:
+        """Per pump, the millilitres it really poured since the start; None without truths."""
+        with self._cond:
+            return None if self._truths is None else [round(ml, 6) for ml in self._poured]
 
     def is_on(self, pump: int) -> bool:
         with self._cond:
@@ -62,13 +95,11 @@ class SimulatedDriver(Driver):
 
     def halt(self) -> None:
         with self._cond:
-            self._due.clear()
             self._all_off()
             self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
-            self._due.clear()
             self._all_off()
             self._closed = True
             self._cond.notify_all()
@@ -90,17 +121,34 @@ class SimulatedDriver(Driver):
     def _run_due(self, now: float) -> None:
         """Switches every pump whose time has come; those due together at one instant."""
         while self._due and self._due[-1][0] <= now:
-            _, pump, on = self._due.pop()
-            self._switch(now, pump, on)
+            deadline, pump, on = self._due.pop()
+            self._switch(now, pump, on, deadline)
 
     def _all_off(self) -> None:
+        """Ends the pour: what was due by now switches at its own time, the rest now."""
         now = self._clock()
+        self._run_due(now)
+        self._due.clear()
         for pump in sorted(self._on):
-            self._switch(now, pump, False)
+            self._switch(now, pump, False, now)
 
-    def _switch(self, t: float, pump: int, on: bool) -> None:
+    def _switch(self, t: float, pump: int, on: bool, at: float) -> None:
+        """Switches a pump at `t` (the timeline's time), pouring as if at `at`: the time it was
+        due, as a daemon's DMA times it, however late this thread woke up."""
         if (pump in self._on) == on:
             return
-        (self._on.add if on else self._on.discard)(pump)
+        if on:
+            self._on[pump] = at
+        else:
+            self._pour_run(pump, at - self._on.pop(pump))
         self.timeline.append(Switch(t, pump, on))
         log.debug("simulated pump %d %s", pump, "on" if on else "off")
+
+    def _pour_run(self, pump: int, seconds: float) -> None:
+        if self._truths is None:
+            return
+        truth = self._truths[pump]
+        ml = truth.law.ml(seconds)
+        if ml > 0 and truth.noise_ml > 0:
+            ml = max(0.0, ml + self._noise[pump].gauss(0.0, truth.noise_ml))
+        self._poured[pump] += ml
