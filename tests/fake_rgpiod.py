@@ -140,7 +140,8 @@ class FakeRgpiod:
         self._resumed = threading.Event()
         self._resumed.set()
         self._faults: List[Tuple[str, int, int]] = []  # (kind, cmd, code)
-        self.commands: List[Tuple[int, int]] = []  # (owner, cmd) of every command answered
+        self.commands: List[Tuple[int, int]] = []  # (owner, cmd) of every command executed
+        self.waves: List[List[Tuple[int, int, int]]] = []  # the pulses of every wave accepted
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class FakeRgpiod:
             self._advance()
             self._running = False
             if self._listener is not None:
-                self._listener.close()
+                _abort(self._listener)  # shutdown wakes the accept() blocked on it
                 self._listener = None
             self._handles = [None] * SLOTS
             self._claims.clear()
@@ -523,9 +524,11 @@ class FakeRgpiod:
                 if len(wave.queue) >= TX_BUF:
                     return TX_QUEUE_FULL, b""
                 wave.queue.append(pulses)
+                self.waves.append(pulses)
                 return TX_BUF - len(wave.queue), b""
         # lgGroupCreateWaveRec: next_micros = the thread's current delay, i.e. its next pass
         self._waves.append(_Wave(handle, leader, [pulses], due=self._next_pass))
+        self.waves.append(pulses)
         return TX_BUF - 1, b""
 
     def _busy(self, handle: int, chip: _Chip, leader: int, kind: int, busy: bool) -> Tuple[int, bytes]:
