@@ -176,6 +176,7 @@ def test_faults_error_answer_drop_after_and_hang(daemon, connect):
     sbc = connect()
     handle = sbc.gpiochip_open(0)
     sbc.group_claim_output(handle, LINES, [1, 1])
+    sbc.sl.s.settimeout(0.2)
     daemon.hang_at(GGWX)
     with pytest.raises(socket.timeout):
         sbc.group_write(handle, 5, 0)
