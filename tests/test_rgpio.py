@@ -59,6 +59,13 @@ def drivers():
         driver.close()
 
 
+def unused_port() -> int:
+    """A loopback port nobody listens on (for a daemon that is not there yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def levels(daemon: FakeRgpiod) -> dict[int, int]:
     return {g: daemon.level(g) for g in DEFAULT_GPIOS}
 
@@ -129,9 +136,7 @@ def test_a_pour_is_one_wave_that_ends_with_every_pump_off_and_its_start_is_not_r
 
 
 def test_unreachable_daemon_refuses_pours_says_how_to_start_it_and_connects_when_it_appears(drivers, caplog):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = unused_port()
     caplog.set_level(logging.WARNING, logger="barmaid.drivers.rgpio")
     driver = drivers(port)
     with pytest.raises(PumpsUnavailable, match=f"127.0.0.1:{port}.*sudo systemctl enable --now rgpiod"):
@@ -266,13 +271,10 @@ def test_force_off_raises_when_the_daemon_cannot_be_reached(daemon):
 
 
 def rgpio_config(write_config, port: int, flow: float = 400.0):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        server_port = s.getsockname()[1]
     return load_config(
         write_config(
             {
-                "server": {"host": "127.0.0.1", "port": server_port, "status_interval": 0.05},
+                "server": {"host": "127.0.0.1", "port": unused_port(), "status_interval": 0.05},
                 "driver": {"kind": "rgpio", "host": "127.0.0.1", "port": port},
                 "pumps": fast_pumps(flow),
             }
@@ -300,6 +302,28 @@ def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(
         assert len(errors) == 1 and "rgpiod" in errors[0]
         assert eventually(lambda: server.controller.driver.available)
         assert levels(daemon) == ALL_OFF
+        client.close()
+    finally:
+        server.close()
+
+
+def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config):
+    port = unused_port()
+    config = rgpio_config(write_config, port)
+    server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
+    server.start()
+    try:
+        client = Peer(f"ws://127.0.0.1:{server.port}/")
+        client.send(blend(5))
+        error = client.recv()["data"]["msg"]
+        assert "unavailable" in error and f"127.0.0.1:{port}" in error and "systemctl enable --now rgpiod" in error
+        client.echo({"still": "here"})
+        with FakeRgpiod(port=port) as daemon:
+            assert eventually(lambda: server.controller.driver.available)
+            assert levels(daemon) == ALL_OFF
+            client.send(blend(10))
+            assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
+            assert daemon.on_durations(5) == [pytest.approx(10 / 400, abs=1e-3)]
         client.close()
     finally:
         server.close()
