@@ -4,19 +4,19 @@ Why it exists: barmaid drives the pumps of a Pi 5 through the unmodified ``rgpio
 (0.2.2), which talks to rgpiod over TCP. Tests need that client's code path and need to see
 *when* lines changed level, also after the client died. Semantics taken from lg v0.2.2:
 
-- Protocol (lgPthSocket.c): a request is a 16-byte header ``<IIHHHH`` (magic, size of the
+- Protocol (the daemon's socket thread): a request is a 16-byte header ``<IIHHHH`` (magic, size of the
   extension, cmd, count of 64-bit, 32-bit and 16-bit arguments) and ``size`` bytes of extension;
   the answer is the same header with the signed status in place of the magic and the size of
   the data that follows. An extension of 64 KiB or more makes the daemon close the connection.
-- Handles (lgHdl.c): 1024 slots, the first free one is used. Each connection is an owner; when
+- Handles (lg's handle table): 1024 slots, the first free one is used. Each connection is an owner; when
   it closes, every handle it owns that is not shared is freed (lgHdlPurgeByOwner), and so is
   FREE. A non-owner may use a handle only if its share id is non-zero and equals the
   connection's use_share_id (same user): else NO_PERMISSIONS. SHRS only by the owner.
-- Lines (lgGpio.c): a group is claimed at given levels, its leader (first line) names it;
+- Lines (lg's GPIO layer): a group is claimed at given levels, its leader (first line) names it;
   freeing a group or closing its chip stops its wave and releases the lines, which keep their
   last level (the kernel's). Claiming a claimed line is GPIO_BUSY. GMODE answers the kernel
   flags plus lg's mode << 8 (output 512, group 2048).
-- Waves (lgPthTx.c): one timing thread; every pass plays the next pulse of each wave that is
+- Waves (lg's TX thread): one timing thread; every pass plays the next pulse of each wave that is
   due and sleeps until the next one is (at most 20 ms). A new wave starts at the thread's next
   pass; a wave sent while one plays on the group is queued (10 entries). Modelled in virtual
   microseconds, so recorded edges carry the times the real thread aims at.
@@ -253,7 +253,8 @@ class FakeRgpiod:
     def handles(self) -> Dict[int, Tuple[str, int, int]]:
         """handle -> (kind, owner, share) of every open handle."""
         with self._lock:
-            return {h: (type(o).__name__.strip("_").lower(), o.owner, o.share) for h, o in enumerate(self._handles) if o}
+            kinds = {_Chip: "chip", _Notify: "notify"}
+            return {h: (kinds[type(o)], o.owner, o.share) for h, o in enumerate(self._handles) if o}
 
     def claimed(self) -> Dict[int, int]:
         """line of the RP1 chip -> handle that claims it."""
@@ -345,7 +346,7 @@ class FakeRgpiod:
                 self._purge(conn.owner)
                 self._changed.notify_all()
 
-    # ---- commands (lgExec.c) ---------------------------------------------------------------
+    # ---- commands (lgExecCmd) ---------------------------------------------------------------
 
     def _execute(self, conn: _Conn, cmd: int, ext: bytes) -> Tuple[int, bytes]:
         n = len(ext) // 4
@@ -539,7 +540,7 @@ class FakeRgpiod:
             return (0 if busy else TX_BUF), b""
         return (1 if busy else TX_BUF - len(wave.queue)), b""
 
-    # ---- the timing thread (lgPthTx.c), in virtual microseconds ----------------------------
+    # ---- the timing thread (lgPthTx), in virtual microseconds -------------------------------
 
     def _now_us(self) -> int:
         return int((time.monotonic() - self._t0) * 1e6)

@@ -228,9 +228,8 @@ def test_a_fault_between_the_commands_of_halt_leaves_every_pump_off(daemon, driv
     driver = drivers(daemon.port)
     driver.pour({0: 2.0, 1: 2.0, 2: 2.0})
     assert daemon.wait_for(lambda: daemon.level(5) == 1)
-    {"error": lambda: daemon.fail_at(cmd, -93), "drop": lambda: daemon.drop_after(cmd), "hang": lambda: daemon.hang_at(cmd)}[
-        fault
-    ]()
+    inject = {"error": lambda c: daemon.fail_at(c, -93), "drop": daemon.drop_after, "hang": daemon.hang_at}
+    inject[fault](cmd)
     driver.halt()
     daemon.resume()
     if not (fault == "error" and cmd == GGWX):

@@ -45,8 +45,9 @@ BACKOFF = (0.5, 10.0)
 MAX_HEARTBEAT_ERRORS = 3
 #: The share id of barmaid's chip handle ("bm").
 SHARE_ID = 0x626D
-#: A new wave starts at the timing thread's next pass: at most this long after tx_wave returns.
-START_TICK = 0.020
+#: A new wave starts at the timing thread's next pass, at most 20 ms after tx_wave returns; 5 ms
+#: more for that thread's wake-up on a busy Pi. A pour's reported start is this much later.
+START_TICK = 0.025
 #: Pulses of one tx_wave command (its 64 KiB extension holds about 2,700).
 MAX_PULSES = 2_700
 #: Delays are C ints of microseconds.
