@@ -110,17 +110,21 @@ class _Session:
     def open_chip(self) -> None:
         """Opens the chip of the header's GPIOs, found by its label, and uses barmaid's share."""
         self.sbc.use_share_id(SHARE_ID)
+        refused = set()
         for number in CHIP_NUMBERS:
             try:
                 handle = self.sbc.gpiochip_open(number)
-            except rgpio.error:
+            except rgpio.error as exc:
+                refused.add(str(exc).strip("'"))
                 continue
             label = self.sbc.gpio_get_chip_info(handle)[3]
             if label in CHIP_LABELS:
                 self.handle, self.label = handle & 0xFFFF, label
                 return
             self.sbc.gpiochip_close(handle)
-        raise _Unreachable(f"no GPIO chip labelled {' or '.join(CHIP_LABELS)} (is this a Raspberry Pi?)")
+        refused.discard("can not open gpiochip")  # no such /dev/gpiochipN
+        why = f"rgpiod said: {', '.join(sorted(refused))}" if refused else "is this a Raspberry Pi?"
+        raise _Unreachable(f"no GPIO chip labelled {' or '.join(CHIP_LABELS)} ({why})")
 
     def found(self) -> dict[int, Optional[int]]:
         """Other handles (a crashed barmaid's shared one) that hold pump lines -> the leader of
