@@ -205,6 +205,19 @@ def test_daemon_killed_mid_pour_leaves_levels_until_it_is_back_then_pumps_off_at
         assert levels(again) == ALL_OFF and held_by_barmaid(again)
 
 
+def test_after_a_loss_mid_pour_it_reconnects_at_heartbeat_pace_not_with_backoff(daemon, drivers, monkeypatch):
+    monkeypatch.setattr(rgpio_driver, "BACKOFF", (5.0, 10.0))
+    driver = drivers(daemon.port)
+    driver.pour({0: 5.0})
+    assert daemon.wait_for(lambda: daemon.level(5) == 1)
+    daemon.kill()
+    assert eventually(lambda: not driver.available)
+    time.sleep(0.1)  # a few failed attempts
+    with FakeRgpiod(port=daemon.port, board=daemon.board) as again:
+        assert eventually(lambda: driver.available, 2.0), "waited out the backoff with a pump on"
+        assert levels(again) == ALL_OFF
+
+
 def test_a_hung_daemon_times_out_instead_of_blocking(daemon, drivers, monkeypatch):
     monkeypatch.setattr(rgpio_driver, "COMMAND_TIMEOUT", 0.2)
     driver = drivers(daemon.port)

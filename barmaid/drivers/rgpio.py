@@ -39,7 +39,8 @@ log.addHandler(logging.NullHandler())
 COMMAND_TIMEOUT = 2.0
 #: How often the daemon is asked whether it is still there.
 HEARTBEAT = 0.25
-#: Reconnect backoff: from the first to the last, doubling.
+#: Reconnect backoff: from the first to the last, doubling. After a loss while a pump may be on,
+#: reconnects come at heartbeat pace instead, to switch it off the moment the daemon is back.
 BACKOFF = (0.5, 10.0)
 #: Error answers in a row after which the connection is started again.
 MAX_HEARTBEAT_ERRORS = 3
@@ -217,6 +218,7 @@ class RgpioDriver(Driver):
         self._may_adopt = True  # only at the first connection: later, a wave left is ours to end
         self._until = 0.0  # when our pour ends, on time.monotonic()
         self._errors = 0
+        self._pump_may_be_on = False  # lost while playing: reconnect at heartbeat pace
         self._why_not = "not connected yet"
         self._closed = threading.Event()
         self._connect()
@@ -250,7 +252,7 @@ class RgpioDriver(Driver):
                 self._off(session)
                 raise PourRejected(f"rgpiod cannot play this pour: {exc}") from None
             except _LOST as exc:
-                self._lose(exc)
+                self._lose(exc, pump_may_be_on=sent)
                 raise PumpsUnavailable(
                     f"lost rgpiod at {self.host}:{self.port} while starting the pour ({self._why_not})",
                     maybe_started=sent,
@@ -366,6 +368,7 @@ class RgpioDriver(Driver):
             return self._unreachable(f"setting the pump lines failed: {exc.__class__.__name__}: {exc}")
         with self._lock:
             self._session, self._adopted, self._may_adopt, self._errors = session, adopted, False, 0
+            self._pump_may_be_on = False
         log.info(
             "connected to rgpiod at %s:%d (chip %s); pumps %s on GPIO %s (%s)",
             self.host,
@@ -390,25 +393,36 @@ class RgpioDriver(Driver):
         return False
 
     def _supervise(self) -> None:
-        """Heartbeat while connected (and the end of an adopted pour); reconnect while not."""
+        """Heartbeat while connected (and the end of an adopted pour); reconnect while not, at
+        heartbeat pace while a pump may be on, else with backoff. Survives any exception: it is
+        the only one watching the daemon."""
         delay = BACKOFF[0]
         while not self._closed.is_set():
-            if self._session is None:
-                if self._connect():
+            try:
+                if self._session is not None:
+                    self._closed.wait(HEARTBEAT)
+                    self._heartbeat()
+                elif self._connect():
                     delay = BACKOFF[0]
-                    continue
-                self._closed.wait(delay)
-                delay = min(delay * 2, BACKOFF[1])
-                continue
-            self._closed.wait(HEARTBEAT)
-            lost_mid_pour = False
-            with self._lock:
-                if self._session is None or self._closed.is_set():
-                    continue
-                lost_mid_pour = self._beat(self._session)
-            # Outside our lock: the owner will call halt() from its own lock.
-            if lost_mid_pour and self.on_lost is not None:
-                self.on_lost(f"rgpiod at {self.host}:{self.port} went away ({self._why_not})")
+                elif self._pump_may_be_on:
+                    self._closed.wait(HEARTBEAT)
+                else:
+                    self._closed.wait(delay)
+                    delay = min(delay * 2, BACKOFF[1])
+            except Exception as exc:  # a bug here must not end supervision
+                log.exception("rgpio supervisor: unexpected error; treating it as a lost daemon")
+                with self._lock:
+                    self._drop(f"unexpected error: {exc}")
+                self._closed.wait(HEARTBEAT)
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            if self._session is None or self._closed.is_set():
+                return
+            lost_mid_pour = self._beat(self._session)
+        # Outside our lock: the owner will call halt() from its own lock.
+        if lost_mid_pour and self.on_lost is not None:
+            self.on_lost(f"rgpiod at {self.host}:{self.port} went away ({self._why_not})")
 
     def _beat(self, session: _Session) -> bool:
         """One heartbeat; True if the daemon was lost mid-pour."""
@@ -432,16 +446,17 @@ class RgpioDriver(Driver):
             return mid_pour
         return False
 
-    def _lose(self, exc: BaseException) -> None:
+    def _lose(self, exc: BaseException, pump_may_be_on: bool = False) -> None:
         if isinstance(exc, OSError):
             reason = exc.strerror or str(exc) or exc.__class__.__name__
         else:  # struct.error, AttributeError: the client read nothing from a closed socket
             reason = "the daemon closed the connection"
         log.error("lost rgpiod at %s:%d (%s); reconnecting", self.host, self.port, reason)
-        self._drop(f"connection lost: {reason}")
+        self._drop(f"connection lost: {reason}", pump_may_be_on)
 
-    def _drop(self, why: str) -> None:
+    def _drop(self, why: str, pump_may_be_on: bool = False) -> None:
         self._why_not = why
+        self._pump_may_be_on = self._pump_may_be_on or pump_may_be_on or self.playing()
         self._until = 0.0
         self._adopted = None
         if self._session is not None:
@@ -454,11 +469,11 @@ class RgpioDriver(Driver):
         try:
             refused = session.all_off()
         except _LOST as exc:
-            self._lose(exc)
+            self._lose(exc, pump_may_be_on=True)
             return
         if refused:
             log.error("rgpiod refused to switch the pumps off cleanly: %s; reconnecting", "; ".join(refused))
-            self._drop("it refused to switch the pumps off: " + "; ".join(refused))
+            self._drop("it refused to switch the pumps off: " + "; ".join(refused), pump_may_be_on=True)
 
 
 def _unavailable(host: str, port: int, why: str) -> str:
