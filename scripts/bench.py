@@ -943,11 +943,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rgpio = {**pigpio, "driver": {"kind": "rgpio", "host": "127.0.0.1", "port": lg.port}}
             rg, rg_url = start_barmaid("barmaid-rgpio", workdir, server={"status_interval": 0.1}, **rgpio)
             bench_rgpio(sizes, rg_url, lg, res)
-            rg.stop()
 
             print("3. idle CPU and memory", flush=True)
-            bench_idle(sizes, {"simulated": sim.pid, "pigpio": pig.pid},
-                       {"simulated": sim_url, "pigpio": pig_url}, res)
+            bench_idle(sizes, {"simulated": sim.pid, "pigpio": pig.pid, "rgpio": rg.pid},
+                       {"simulated": sim_url, "pigpio": pig_url, "rgpio": rg_url}, res)
             res.add("rss_bare", "resident memory, bare websocket-server echo (for scale)",
                     f"{res.raw['rss_bare_mb']:.1f} MB")
         except BaseException:

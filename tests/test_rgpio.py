@@ -240,6 +240,15 @@ def test_the_heartbeat_survives_an_error_answer(daemon, drivers):
     assert driver._session is session
 
 
+def test_heartbeat_errors_in_a_row_start_the_connection_again_with_every_pump_off(daemon, drivers):
+    driver = drivers(daemon.port)
+    session = driver._session
+    for _ in range(rgpio_driver.MAX_HEARTBEAT_ERRORS):
+        daemon.fail_at(GBUSY, -5)
+    assert eventually(lambda: driver._session not in (None, session))
+    assert held_by_barmaid(daemon) and levels(daemon) == ALL_OFF
+
+
 @pytest.mark.parametrize("cmd", [GGWX, GSGF, GSGOX], ids=["write-off", "free", "claim"])
 @pytest.mark.parametrize("fault", ["error", "drop", "hang"])
 def test_a_fault_between_the_commands_of_halt_leaves_every_pump_off(daemon, drivers, monkeypatch, cmd, fault):
