@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML configuration file (every key optional)")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8765)")
-    serve.add_argument("--driver", choices=("sim", "pigpio"), help="pump driver (default sim)")
+    serve.add_argument("--driver", choices=("sim", "pigpio", "rgpio"), help="pump driver (default sim)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug details too")
 
     off = commands.add_parser("off", help="switch every pump off through the daemon (for systemd, or by hand)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import platformdirs
 import yaml
@@ -52,15 +52,23 @@ class ServerConfig(BaseModel):
 class DriverConfig(BaseModel):
     model_config = _STRICT
 
-    kind: Literal["sim", "pigpio"] = "sim"
-    #: None: pigpio's own PIGPIO_ADDR / PIGPIO_PORT, else localhost:8888.
+    kind: Literal["sim", "pigpio", "rgpio"] = "sim"
+    #: None: the daemon's client's own variables (pigpio: PIGPIO_ADDR / PIGPIO_PORT, else
+    #: localhost:8888; rgpio: LG_ADDR / LG_PORT, else localhost:8889).
     host: Optional[str] = None
     port: Optional[int] = Field(None, ge=1, le=65535)
     active_low: bool = False
 
+    #: kind -> the client's variables for the daemon's host and port, and its default port.
+    _DAEMON_ENV: ClassVar[dict[str, tuple[str, str, int]]] = {
+        "pigpio": ("PIGPIO_ADDR", "PIGPIO_PORT", 8888),
+        "rgpio": ("LG_ADDR", "LG_PORT", 8889),
+    }
+
     def daemon_address(self) -> tuple[str, int]:
-        host = self.host or os.environ.get("PIGPIO_ADDR") or "localhost"
-        port = self.port or int(os.environ.get("PIGPIO_PORT") or 8888)
+        addr, port_var, default_port = self._DAEMON_ENV.get(self.kind, self._DAEMON_ENV["pigpio"])
+        host = self.host or os.environ.get(addr) or "localhost"
+        port = self.port or int(os.environ.get(port_var) or default_port)
         return host, port
 
 

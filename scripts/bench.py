@@ -11,6 +11,8 @@ Everything runs on loopback (127.0.0.1), in processes this script starts and sto
     handler, for the echo round trip and throughput (the ratio barmaid / bare is the figure);
   - barmaid with the pigpio driver against tests/fake_pigpiod.py (run inside this process, on the
     same monotonic clock), for the on-time error, start skew, stop latency and status jitter;
+  - barmaid with the rgpio driver against tests/fake_rgpiod.py, for its start delay, on-time
+    error and stop latency next to pigpio's;
   - barmaid with simulated pumps that start pouring 0.1 to 0.5 s late, calibrated through the
     protocol from one and from two runs, for the error of each pour in millilitres;
   - both barmaid processes, idle, for CPU and resident memory.
@@ -45,6 +47,7 @@ import websocket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from fake_pigpiod import CMD_WVHLT, FakePigpiod  # the fake daemon the tests use
+from fake_rgpiod import FakeRgpiod
 
 DEFAULT_OUTPUT = ROOT / "docs" / "performance.md"
 GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
@@ -616,6 +619,61 @@ def bench_stops(sizes: Sizes, url: str, daemon: FakePigpiod, res: Results) -> No
             f"p50 {ms(percentile(spread, 50))}, max {ms(max(spread))}")
 
 
+def rgpio_periods(daemon: FakeRgpiod) -> dict[int, list[tuple[float, float]]]:
+    """(on, off) of every completed high period of each pump line, from the fake rgpiod."""
+    periods: dict[int, list[tuple[float, float]]] = {g: [] for g in GPIOS}
+    since: dict[int, float] = {}
+    for t, line, level in daemon.history():
+        if line in periods and level:
+            since[line] = t
+        elif line in since:
+            periods[line].append((since.pop(line), t))
+    return periods
+
+
+def bench_rgpio(sizes: Sizes, url: str, daemon: FakeRgpiod, res: Results) -> None:
+    """The blends of bench_pours and the stops of bench_stops, through the rgpio driver."""
+    rng = random.Random(5)
+    errors, starts, stops = [], [], []
+    peer = Peer(url)
+    try:
+        for _ in range(sizes.pours):
+            weights = {p: rng.uniform(0.2, 1.0) for p in range(len(GPIOS))}
+            ratios = {str(p): w / sum(weights.values()) * (1 - 1e-9) for p, w in weights.items()}
+            daemon.clear_history()
+            sent = time.monotonic()
+            peer.send({"type": "blend", "data": {"cup_size": 0.2, "ratios": ratios}})
+            peer.recv_until(final_status)
+            wait_all(daemon, 0)
+            periods = rgpio_periods(daemon)
+            if any(len(p) != 1 for p in periods.values()):
+                raise RuntimeError(f"a pump switched other than on then off in one pour: {periods}")
+            errors += [off - on - 200 * float(ratios[str(p)]) / FLOW_ML_S
+                       for p, [(on, off)] in enumerate(periods[g] for g in GPIOS)]
+            starts.append(min(on for [(on, _)] in periods.values()) - sent)
+        for _ in range(sizes.stops):
+            peer.send({"type": "blend", "data": {"cup_size": 1.0, "ratios": {str(p): 0.125 for p in range(8)}}})
+            peer.recv_until(lambda m: m["type"] == "status")
+            wait_all(daemon, 1, timeout=1.0)
+            time.sleep(rng.uniform(0.05, 0.3))
+            sent = time.monotonic()
+            peer.send({"type": "stop"})
+            peer.recv_until(final_status)
+            wait_all(daemon, 0)
+            stops.append(max(t for t, line, level in daemon.history() if line in GPIOS and not level) - sent)
+    finally:
+        peer.close()
+    res.raw["rgpio"] = {"errors": errors, "starts": starts, "stops": stops}
+    absolute = [abs(e) for e in errors]
+    error_p99, stop_p99 = percentile(absolute, 99), percentile(stops, 99)
+    res.add("rgpio_pour_error", f"rgpio on-time error |measured - planned|, {sizes.pours} pours x 8 pumps",
+            f"p50 {ms(percentile(absolute, 50))}, p99 {ms(error_p99)}", "p99 <= 2 ms", error_p99 <= 0.002)
+    res.add("rgpio_pour_start", "rgpio: blend frame sent -> pumps on (rgpiod starts a wave at its next 20 ms pass)",
+            f"p50 {ms(percentile(starts, 50))}, p99 {ms(percentile(starts, 99))}")
+    res.add("rgpio_stop_latency", f"rgpio stop latency (frame sent -> last pump off), {sizes.stops} stops",
+            f"p50 {ms(percentile(stops, 50))}, p99 {ms(stop_p99)}", "p99 <= 25 ms", stop_p99 <= 0.025)
+
+
 def bench_jitter(url: str, interval: float, seconds: float, res: Results) -> None:
     """One long blend; the gaps between status arrivals at the client, against status_interval."""
     peer = Peer(url)
@@ -844,6 +902,10 @@ Everything runs on loopback (127.0.0.1) in processes `scripts/bench.py` starts a
 - **Stop latency**: {stops} blends of 1.25 s, each stopped 0.05 to 0.3 s after all pumps are on:
   from the client's `time.monotonic()` just before it writes `{{"type": "stop"}}` to the daemon's
   timestamp of the last pump's switch-off (same clock, same machine).
+- **rgpio**: barmaid with `driver: {{kind: rgpio}}` against `tests/fake_rgpiod.py`, the same blends
+  and stops. The fake plays rgpiod's timing thread in virtual microseconds (the instants the real
+  thread aims at), so its on-time error shows the driver's pulse arithmetic, not a thread's
+  lateness; the start delay includes the wait for the thread's next pass (up to 20 ms).
 - **Status jitter**: one long blend per interval; the gaps between the arrivals of the status
   messages at the client (the final 0 excluded), against `status_interval`. No target.
 - **Volumes**: 8 simulated pumps whose truth barmaid does not know (flows 5, 12, 25, 40 ml/s,
@@ -953,7 +1015,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("barmaid benchmark" + (" (--quick)" if args.quick else ""), machine_info, flush=True)
     res = Results()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="barmaid-bench-") as tmp, FakePigpiod() as daemon:
+    with tempfile.TemporaryDirectory(prefix="barmaid-bench-") as tmp, FakePigpiod() as daemon, FakeRgpiod() as lg:
         workdir = Path(tmp)
         pigpio = {"driver": {"kind": "pigpio", "host": "127.0.0.1", "port": daemon.port},
                   "limits": {"max_cup_size": 5.0}, "pumps": pumps_config()}
@@ -981,12 +1043,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     finally:
                         other.stop()
 
+            print("2b. pump timing through the fake rgpiod", flush=True)
+            rgpio = {**pigpio, "driver": {"kind": "rgpio", "host": "127.0.0.1", "port": lg.port}}
+            rg, rg_url = start_barmaid("barmaid-rgpio", workdir, server={"status_interval": 0.1}, **rgpio)
+            bench_rgpio(sizes, rg_url, lg, res)
+
             print("3. volumes: one- and two-point calibration of pumps with start-up times", flush=True)
             bench_volume(workdir, res)
 
             print("4. idle CPU and memory", flush=True)
-            bench_idle(sizes, {"simulated": sim.pid, "pigpio": pig.pid},
-                       {"simulated": sim_url, "pigpio": pig_url}, res)
+            bench_idle(sizes, {"simulated": sim.pid, "pigpio": pig.pid, "rgpio": rg.pid},
+                       {"simulated": sim_url, "pigpio": pig_url, "rgpio": rg_url}, res)
             res.add("rss_bare", "resident memory, bare websocket-server echo (for scale)",
                     f"{res.raw['rss_bare_mb']:.1f} MB")
         except BaseException:

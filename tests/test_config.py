@@ -64,7 +64,7 @@ def test_overrides_apply_to_the_defaults_without_a_file():
         ("server:\n  port: 70000\n", ("server.port = 70000", "65535")),
         ("limits:\n  max_cup_size: -1\n", ("limits.max_cup_size = -1", "greater than 0")),
         ("pumps:\n  - {gpio: 5, flow_ml_s: 0}\n", ("pumps.0.flow_ml_s = 0", "greater than 0")),
-        ("driver:\n  kind: gpio\n", ("driver.kind = 'gpio'", "'sim' or 'pigpio'")),
+        ("driver:\n  kind: gpio\n", ("driver.kind = 'gpio'", "'sim', 'pigpio' or 'rgpio'")),
         (
             "pumps:\n  - {gpio: 5}\n  - {gpio: 6}\n  - {gpio: 5}\n",
             ("pumps.2.gpio = 5", "already used by pump 0", "its own GPIO"),

@@ -1,4 +1,4 @@
-"""One contract, every driver: the simulated pumps and pigpio through the fake daemon.
+"""One contract, every driver: the simulated pumps, pigpio and rgpio through their fake daemons.
 
 Each driver is wrapped in a `Rig` that reads back what the pumps really did as a timeline of
 `(t, pump, on)`: the simulated driver's own record, or the fake daemon's pin history.
@@ -14,10 +14,12 @@ import pytest
 from barmaid.config import DriverConfig
 from barmaid.drivers.base import Driver, Span
 from barmaid.drivers.pigpio import PigpioDriver
+from barmaid.drivers.rgpio import RgpioDriver
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import PourRejected
 from conftest import eventually
 from fake_pigpiod import FakePigpiod
+from fake_rgpiod import FakeRgpiod
 
 GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
 
@@ -52,9 +54,8 @@ def sim_rig() -> tuple[Rig, Callable[[], None]]:
     return rig, lambda: None
 
 
-def pigpio_rig(active_low: bool) -> tuple[Rig, Callable[[], None]]:
-    daemon = FakePigpiod().start()
-    driver = PigpioDriver(GPIOS, 5, DriverConfig(host="127.0.0.1", port=daemon.port, active_low=active_low))
+def daemon_rig(daemon, driver: Driver, active_low: bool) -> tuple[Rig, Callable[[], None]]:
+    """A driver on a fake daemon, read back through the daemon's level history."""
     off = 1 if active_low else 0
     pump_of = {gpio: pump for pump, gpio in enumerate(GPIOS)}
     daemon.clear_history()
@@ -66,10 +67,30 @@ def pigpio_rig(active_low: bool) -> tuple[Rig, Callable[[], None]]:
     return rig, daemon.stop
 
 
-@pytest.fixture(params=["sim", "pigpio", "pigpio-active-low"])
+def pigpio_rig(active_low: bool) -> tuple[Rig, Callable[[], None]]:
+    daemon = FakePigpiod().start()
+    driver = PigpioDriver(GPIOS, 5, DriverConfig(host="127.0.0.1", port=daemon.port, active_low=active_low))
+    return daemon_rig(daemon, driver, active_low)
+
+
+def rgpio_rig(active_low: bool) -> tuple[Rig, Callable[[], None]]:
+    daemon = FakeRgpiod().start()
+    config = DriverConfig(kind="rgpio", host="127.0.0.1", port=daemon.port, active_low=active_low)
+    return daemon_rig(daemon, RgpioDriver(GPIOS, 5, config), active_low)
+
+
+RIGS = {
+    "sim": sim_rig,
+    "pigpio": lambda: pigpio_rig(False),
+    "pigpio-active-low": lambda: pigpio_rig(True),
+    "rgpio": lambda: rgpio_rig(False),
+    "rgpio-active-low": lambda: rgpio_rig(True),
+}
+
+
+@pytest.fixture(params=list(RIGS))
 def rig(request):
-    make = {"sim": sim_rig, "pigpio": lambda: pigpio_rig(False), "pigpio-active-low": lambda: pigpio_rig(True)}
-    rig, teardown = make[request.param]()
+    rig, teardown = RIGS[request.param]()
     yield rig
     rig.driver.close()
     teardown()

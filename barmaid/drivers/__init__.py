@@ -16,4 +16,8 @@ def make_driver(config: Config) -> Driver:
         from .pigpio import PigpioDriver  # needs the pigpio package and, to pour, a daemon
 
         return PigpioDriver(gpios, config.limits.max_pump_seconds, config.driver)
+    if config.driver.kind == "rgpio":
+        from .rgpio import RgpioDriver  # needs the rgpio package and, to pour, rgpiod
+
+        return RgpioDriver(gpios, config.limits.max_pump_seconds, config.driver)
     return SimulatedDriver.for_config(config)
