@@ -233,6 +233,10 @@ class FakeRgpiod:
             self._advance()
             self.board.events.clear()
 
+    def max_lateness(self) -> float:
+        """Always 0: waves play in virtual microseconds, each level change at its exact instant."""
+        return 0.0
+
     def on_durations(self, line: int, chip: Optional[int] = None) -> List[float]:
         """Seconds of every completed high period of the line."""
         out, since = [], None
