@@ -121,8 +121,11 @@ def boot_id() -> Optional[str]:
 class Store:
     """barmaid.db in the data directory. Thread-safe; every write is one transaction."""
 
-    def __init__(self, data_dir: Optional[Path], busy_timeout: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(self, data_dir: Optional[Path], busy_timeout: Optional[float] = None) -> None:
         """Opens (or creates) data_dir/barmaid.db; None keeps everything in memory (tests).
+
+        Args:
+            busy_timeout: seconds a write waits for another connection's lock; BUSY_TIMEOUT_S.
 
         Raises:
             StoreError: the folder or the file cannot be opened (full, locked, read-only, I/O
@@ -130,7 +133,7 @@ class Store:
         """
         self.path = Path(data_dir) / FILENAME if data_dir is not None else Path(":memory:")
         self.boot_id = boot_id()
-        self._busy_timeout = busy_timeout
+        self._busy_timeout = BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout
         self._lock = threading.Lock()
         self._pending: list[_End] = []
         self._retry: Optional[threading.Timer] = None

@@ -1,4 +1,4 @@
-"""Nothing lost (issue 4, section 6): levels, calibrated flows and the pour history in SQLite.
+"""Nothing lost: levels, calibrated flows and the pour history in SQLite.
 
 First the Store on its own, then servers restarted on the same data directory, then a real
 `python -m barmaid serve` process killed with SIGKILL mid-pour.
