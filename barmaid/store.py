@@ -146,13 +146,13 @@ class Store:
         if data_dir is not None and not self.path.exists():
             log.warning("no database at %s: starting a new one (no levels, calibrations or history yet)", self.path)
         try:
-            self._db = self._open()
-        except sqlite3.OperationalError as exc:
+            self._db = self._open_or_rebuild()
+        except sqlite3.Error as exc:
             raise self._unusable(exc) from None
-        except sqlite3.DatabaseError as exc:
-            if not self._damaged():
-                raise self._unusable(exc) from None
-            self._db = self._rebuild(exc)
+        except OSError as exc:  # moving a damaged file aside failed
+            raise StoreError(
+                f"{self.path} is damaged and cannot be moved aside ({exc.strerror}): move it away by hand"
+            ) from None
 
     def close(self) -> None:
         """Writes what is still pending (one try), then closes."""
@@ -173,8 +173,7 @@ class Store:
     # ---- reads ----------------------------------------------------------------------------
 
     def pumps(self) -> dict[int, PumpRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT pump, level_ml, flow_ml_s, calibration_seconds FROM pumps").fetchall()
+        rows = self._read("SELECT pump, level_ml, flow_ml_s, calibration_seconds FROM pumps", ())
         return {pump: PumpRecord(*rest) for pump, *rest in rows}
 
     def history(self, limit: int = 50) -> list[PourRecord]:
@@ -235,9 +234,15 @@ class Store:
 
     # ---- inside ---------------------------------------------------------------------------
 
-    def _pours(self, sql: str, params: tuple) -> list[PourRecord]:
+    def _read(self, sql: str, params: tuple) -> list[tuple]:
         with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read {self.path}: {exc}") from None
+
+    def _pours(self, sql: str, params: tuple) -> list[PourRecord]:
+        rows = self._read(sql, params)
         return [
             PourRecord(
                 i, s, e, a, _ml(planned), _ml(poured) if poured else None, o,
@@ -245,6 +250,21 @@ class Store:
             )
             for i, s, e, a, planned, poured, o, spans, mono, boot in rows
         ]
+
+    def _open_or_rebuild(self) -> sqlite3.Connection:
+        """Opens the database; moves it aside only if SQLite's integrity check fails.
+
+        `sqlite3.OperationalError` (full, locked, read-only, I/O) is a DatabaseError too, but it
+        says nothing about the file: it is raised as it is, never taken for damage.
+        """
+        try:
+            return self._open()
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            if not self._damaged():
+                raise
+            return self._rebuild(exc)
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=self._busy_timeout)
