@@ -54,8 +54,6 @@ log.addHandler(logging.NullHandler())
 REQUIRED_TRIGGERS = ("blend", "refill", "prime", "calibrate", "clean", "adopt", "finish", "stop", "abort")
 #: How long an adopted pour may go on playing after its planned end before it is recorded anyway.
 ADOPT_GRACE_S = 2.0
-#: The busy state of each action.
-BUSY_STATE = {"blend": "blending", "refill": "refilling", "prime": "priming", "calibrate": "calibrating", "clean": "cleaning"}
 REQUIRED_STATES = ("idle",)
 _STATE_KEYS = {"name", "on_enter", "on_exit"}
 _TRANSITION_KEYS = {"trigger", "source", "dest", "before", "after", "prepare", "conditions", "unless"}
@@ -396,8 +394,10 @@ class Controller:
                 log.info("pump %d on for %.3f s (%s)", pump, span.seconds, action.kind)
 
     def adopts(self, event: EventData) -> bool:
-        """Condition of `adopt`: the transition into the busy state of the adopted action."""
-        return event.transition.dest == BUSY_STATE[event.kwargs["action"].kind]
+        """Condition of `adopt`: the transition into the state the adopted action's own trigger
+        leads to from idle (blend: blending), as states.yaml says."""
+        starts = self.machine.get_transitions(trigger=event.kwargs["action"].kind, source="idle")
+        return any(start.dest == event.transition.dest for start in starts)
 
     def adopt_pour(self, event: EventData) -> None:
         self.action = event.kwargs["action"]

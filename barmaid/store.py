@@ -177,12 +177,13 @@ class Store:
         return {pump: PumpRecord(*rest) for pump, *rest in rows}
 
     def history(self, limit: int = 50) -> list[PourRecord]:
-        """The last pours, newest first (as on disk: an end record still pending shows `running`)."""
+        """The last pours, newest first; an end record not yet on disk is shown as it will be."""
         return self._pours(f"SELECT {_POUR_COLUMNS} FROM pours ORDER BY id DESC LIMIT ?", (limit,))
 
     def unfinished(self) -> list[PourRecord]:
         """Pours recorded as started but never as ended, oldest first: a crash or power cut cut them off."""
-        return self._pours(f"SELECT {_POUR_COLUMNS} FROM pours WHERE outcome = 'running' ORDER BY id", ())
+        pours = self._pours(f"SELECT {_POUR_COLUMNS} FROM pours WHERE outcome = 'running' ORDER BY id", ())
+        return [pour for pour in pours if pour.outcome == "running"]
 
     @property
     def pending(self) -> int:
@@ -243,13 +244,17 @@ class Store:
 
     def _pours(self, sql: str, params: tuple) -> list[PourRecord]:
         rows = self._read(sql, params)
-        return [
-            PourRecord(
+        with self._lock:
+            pending = {end.pour_id: end for end in self._pending}
+        records = []
+        for i, s, e, a, planned, poured, o, spans, mono, boot in rows:
+            if i in pending:
+                e, poured, o = pending[i].ended, pending[i].poured_ml, pending[i].outcome
+            records.append(PourRecord(
                 i, s, e, a, _ml(planned), _ml(poured) if poured else None, o,
                 {int(p): Span(*span) for p, span in json.loads(spans).items()} if spans else None, mono, boot,
-            )
-            for i, s, e, a, planned, poured, o, spans, mono, boot in rows
-        ]
+            ))
+        return records
 
     def _open_or_rebuild(self) -> sqlite3.Connection:
         """Opens the database; moves it aside only if SQLite's integrity check fails.

@@ -36,7 +36,7 @@ from barmaid.store import FILENAME, Store
 from conftest import Broadcasts, Peer, close_quickly, eventually, is_final_status
 from fake_pigpiod import FakePigpiod
 from test_extensions import is_state, is_type, levels, make_rig, on_times, pumps_with, set_level  # noqa: F401
-from test_store import ROOT, Process, barmaid_process, blend, free_port, history  # noqa: F401 (fixture)
+from test_store import ROOT, barmaid_process, blend, free_port, history  # noqa: F401 (barmaid_process: a fixture)
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)
 
@@ -106,6 +106,7 @@ def test_a_failed_end_record_is_written_with_the_next_write_so_a_restart_counts_
     blocker.rollback()
     blocker.close()
     assert controller.pumps[0].level_ml == pytest.approx(560)  # memory moved on, the disk did not
+    assert controller.store.history()[0].outcome == "completed"  # history shows it as it will be
     controller.submit(blend_request(0.03, {"0": 1}))  # 30 ml: written, and the first with it
     assert eventually(lambda: sum(map(is_final_status, broadcasts.messages)) == 2)
     controller.close()
