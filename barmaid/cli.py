@@ -95,16 +95,14 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         server = BarmaidServer(config, lambda: make_driver(config), store=store)
-    except OSError as exc:
+    except BaseException as exc:
         store.close()
         lock.release()
-        raise BarmaidError(
-            f"cannot listen on {config.server.host}:{config.server.port} ({exc.strerror});"
-            " is another barmaid running? choose another --port"
-        ) from None
-    except BaseException:
-        store.close()
-        lock.release()
+        if isinstance(exc, OSError):
+            raise BarmaidError(
+                f"cannot listen on {config.server.host}:{config.server.port} ({exc.strerror});"
+                " is another barmaid running? choose another --port"
+            ) from None
         raise
     atexit.register(server.controller.driver.close)  # last resort if something below escapes
     stop = threading.Event()
