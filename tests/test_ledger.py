@@ -205,6 +205,23 @@ def test_a_restart_adopts_the_pour_still_playing_and_records_it_completed_once(t
     assert Store(tmp_path).pumps()[0].level_ml == pytest.approx(200)
 
 
+@pytest.mark.parametrize(
+    "action, state",
+    [(request("clean", seconds=0.5, pumps=[2]), "cleaning"), (request("calibrate", pump=2, seconds=0.5), "calibrating")],
+    ids=["clean", "calibrate"],
+)
+def test_an_adopted_action_is_in_its_own_busy_state(tmp_path, write_config, restart, action, state):
+    config = ledger_config(write_config, tmp_path)
+    driver = sim(config)
+    first = Controller(config, driver, Broadcasts(), store=Store(tmp_path))
+    first.submit(action)
+    crash(first)
+    second, broadcasts, _, _ = restart(config, driver)
+    assert second.state == state and second.action.kind == action.type
+    assert broadcasts.wait_for()[-1]["data"]["outcome"] == "completed"
+    assert second.state == "idle" and on_times(driver) == {2: pytest.approx(0.5, abs=0.01)}
+
+
 @pytest.mark.parametrize("cut_after", [0.05, None], ids=["cut-mid-pour", "ended-before-the-restart"])
 def test_a_restart_counts_a_pour_no_longer_playing_up_to_now_never_more_than_planned(
     tmp_path, write_config, restart, caplog, cut_after
