@@ -257,7 +257,8 @@ class Hello(Request):
 
 
 REQUESTS: dict[str, type[Request]] = {
-    cls.type: cls for cls in (Blend, Refill, Prime, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, Clean, Hello)
+    cls.type: cls
+    for cls in (Blend, Refill, Prime, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, Clean, Hello)
 }
 
 

@@ -198,7 +198,9 @@ class Store:
         with self._lock, self._transaction():
             self._upsert(pump, values)
 
-    def begin_pour(self, action: str, planned_ml: dict[int, float], spans: Mapping[int, Span], mono_start: float) -> int:
+    def begin_pour(
+        self, action: str, planned_ml: dict[int, float], spans: Mapping[int, Span], mono_start: float
+    ) -> int:
         """Records a pour about to start; raises StoreError (the pour must then not start).
 
         Args:

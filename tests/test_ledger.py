@@ -207,7 +207,10 @@ def test_a_restart_adopts_the_pour_still_playing_and_records_it_completed_once(t
 
 @pytest.mark.parametrize(
     "action, state",
-    [(request("clean", seconds=0.5, pumps=[2]), "cleaning"), (request("calibrate", pump=2, seconds=0.5), "calibrating")],
+    [
+        (request("clean", seconds=0.5, pumps=[2]), "cleaning"),
+        (request("calibrate", pump=2, seconds=0.5), "calibrating"),
+    ],
     ids=["clean", "calibrate"],
 )
 def test_an_adopted_action_is_in_its_own_busy_state(tmp_path, write_config, restart, action, state):
@@ -396,7 +399,9 @@ def write_yaml(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def test_a_second_barmaid_on_the_same_data_dir_exits_2_naming_it_and_never_reaches_the_daemon(barmaid_process, tmp_path):
+def test_a_second_barmaid_on_the_same_data_dir_exits_2_naming_it_and_never_reaches_the_daemon(
+    barmaid_process, tmp_path
+):
     folder = tmp_path / "shared"
     with FakePigpiod() as daemon:
         config = {
