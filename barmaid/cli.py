@@ -17,8 +17,10 @@ from typing import Optional, Sequence
 from . import __version__
 from .config import load_config
 from .drivers import make_driver
-from .errors import BarmaidError, ConfigError
+from .errors import BarmaidError, ConfigError, StoreError
+from .lock import DataDirLock
 from .server import BarmaidServer
+from .store import Store
 
 log = logging.getLogger("barmaid")
 
@@ -122,19 +124,29 @@ def _serve(args: argparse.Namespace) -> int:
         args.config,
         {"server": {"host": args.host, "port": args.port}, "driver": {"kind": args.driver}},
     )
-    driver = make_driver(config)
-    atexit.register(driver.close)  # last resort if something below escapes
+    # The order matters: a barmaid that cannot serve (the data directory in use or unusable, the
+    # port taken) must stop before it reaches the pump daemon, or it could cut another's pour.
+    lock: Optional[DataDirLock] = None
     try:
-        server = BarmaidServer(config, driver)
-    except OSError as exc:
-        driver.close()
-        raise BarmaidError(
-            f"cannot listen on {config.server.host}:{config.server.port} ({exc.strerror});"
-            " is another barmaid running? choose another --port"
-        ) from None
-    except BaseException:
-        driver.close()
+        lock = DataDirLock(config.data_dir)
+        store = Store(config.data_dir)
+    except StoreError as exc:  # a second barmaid, a full, locked or read-only disk: say which
+        if lock is not None:
+            lock.release()
+        print(f"barmaid: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        server = BarmaidServer(config, lambda: make_driver(config), store=store)
+    except BaseException as exc:
+        store.close()
+        lock.release()
+        if isinstance(exc, OSError):
+            raise BarmaidError(
+                f"cannot listen on {config.server.host}:{config.server.port} ({exc.strerror});"
+                " is another barmaid running? choose another --port"
+            ) from None
         raise
+    atexit.register(server.controller.driver.close)  # last resort if something below escapes
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -149,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     finally:
         server.close()
+        lock.release()
         log.info("stopped: every pump off")
     return 0
 

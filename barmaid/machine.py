@@ -2,6 +2,8 @@
 
 Events come from many connection threads; one lock serialises them, so of two blends sent at the
 same instant exactly one starts. A watcher thread per action sends status and ends it on time.
+A stop switches the pumps off before it waits for that lock: it never queues behind store I/O.
+At start-up, pours a crash left unfinished are adopted (still playing) or counted (see _recover).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from .calibration import MAX_FLOW_ML_S, MIN_FLOW_ML_S, Law, Run, fit
 from .config import Config
 from .drivers.base import Driver, Span, switches
 from .drivers.simulated import SimulatedDriver
-from .errors import BadMessage, BottleTooLow, Busy, ConfigError, StoreError
-from .outcomes import Outcome
+from .errors import BadMessage, BottleTooLow, Busy, ConfigError, PumpsUnavailable, StoreError
+from .outcomes import ActionKind, Outcome
 from .protocol import (
     Blend,
     Calibrate,
@@ -32,6 +34,7 @@ from .protocol import (
     History,
     HistoryReply,
     PourEntry,
+    Prime,
     PumpState,
     Refill,
     Reply,
@@ -46,13 +49,15 @@ from .protocol import (
     Stopped,
     error_frame,
 )
-from .store import PumpRecord, Store
+from .store import PourRecord, PumpRecord, Store
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 #: Triggers and states the code below fires or relies on; states.yaml must declare them.
-REQUIRED_TRIGGERS = ("blend", "refill", "calibrate", "clean", "finish", "stop", "abort")
+REQUIRED_TRIGGERS = ("blend", "refill", "prime", "calibrate", "clean", "adopt", "finish", "stop", "abort")
+#: How long an adopted pour may go on playing after its planned end before it is recorded anyway.
+ADOPT_GRACE_S = 2.0
 REQUIRED_STATES = ("idle",)
 _STATE_KEYS = {"name", "on_enter", "on_exit"}
 _TRANSITION_KEYS = {"trigger", "source", "dest", "before", "after", "prepare", "conditions", "unless"}
@@ -136,6 +141,8 @@ class Action:
     ml: dict[int, float]
     t0: float = 0.0
     pour_id: int = 0
+    #: Started by a barmaid that crashed; this one found it still playing.
+    adopted: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     #: Each pump's start-up time: seconds on before it pours (missing: 0).
     dead_s: dict[int, float] = field(default_factory=dict)
@@ -179,8 +186,8 @@ def schedule(seconds: dict[int, float], lanes: Optional[int]) -> dict[int, Span]
 class Controller:
     """The `transitions` model: turns validated requests into pours, one at a time.
 
-    Trigger methods (blend, refill, calibrate, clean, finish, stop, abort) are added by the
-    machine from states.yaml; call `submit`, `snapshot`, `remaining` and `close` from outside.
+    Trigger methods (blend, refill, prime, calibrate, clean, adopt, finish, stop, abort) are added
+    by the machine from states.yaml; call `submit`, `snapshot`, `remaining` and `close` from outside.
     """
 
     state: str
@@ -227,6 +234,7 @@ class Controller:
         self._handlers: dict[type[Request], Callable[[Any], Optional[Reply]]] = {
             Blend: self._pour,
             Refill: self._pour,
+            Prime: self._pour,
             Calibrate: self._pour,
             Clean: self._pour,
             Stop: self._stop,
@@ -268,10 +276,10 @@ class Controller:
         laws = self.laws
         if isinstance(request, Blend):
             return {p: laws[p].seconds(request.cup_size * 1000 * r) for p, r in request.ratios.items()}
-        if isinstance(request, Refill):
+        if isinstance(request, (Refill, Prime)):
             prime = self.pumps[request.pump].prime_ml
             if prime <= 0:
-                raise BadMessage(f"pump {request.pump} has prime_ml 0 in the config: nothing to refill")
+                raise BadMessage(f"pump {request.pump} has prime_ml 0 in the config: nothing to {request.type}")
             return {request.pump: laws[request.pump].seconds(prime)}
         if isinstance(request, Calibrate):
             return {request.pump: request.seconds}
@@ -336,6 +344,8 @@ class Controller:
             raise BottleTooLow("; ".join(short) + ": change the bottle and send refill, or correct it with set_level")
 
     def _stop(self, request: Stop) -> Stopped:
+        # Pumps off first, outside the lock: another thread may hold it for seconds of store I/O.
+        self._halt("on stop")
         with self._lock:
             action = self.action
             if action is None:
@@ -407,33 +417,45 @@ class Controller:
 
     def start_pour(self, event: EventData) -> None:
         action: Action = event.kwargs["action"]
-        if action.kind == "blend":
+        if action.kind in (ActionKind.BLEND, ActionKind.PRIME):
             self._check_levels(action.ml)
-        action.pour_id = self.store.begin_pour(action.kind, action.ml)  # StoreError: nothing moved
+        # StoreError: nothing moved. The time is taken before the pour: a restart counts no less.
+        action.pour_id = self.store.begin_pour(action.kind, action.ml, action.plan, self._clock())
         try:
             action.t0 = self.driver.pour(action.plan)
+        except PumpsUnavailable as exc:
+            if exc.maybe_started:
+                self._lost_at_start(action, exc)
+            self._end_failed(action)
+            raise
         except BaseException:
-            self.store.end_pour(action.pour_id, Outcome.FAILED, {}, {})
+            self._end_failed(action)
             raise
         self.action = action
         for pump, span in sorted(action.plan.items()):
             if span.start == 0:
                 log.info("pump %d on for %.3f s (%s)", pump, span.seconds, action.kind)
 
+    def adopts(self, event: EventData) -> bool:
+        """Condition of `adopt`: the transition into the state the adopted action's own trigger
+        leads to from idle (blend: blending), as states.yaml says."""
+        starts = self.machine.get_transitions(trigger=event.kwargs["action"].kind, source="idle")
+        return any(start.dest == event.transition.dest for start in starts)
+
+    def adopt_pour(self, event: EventData) -> None:
+        self.action = event.kwargs["action"]
+
     def start_clock(self, event: EventData) -> None:
         action = self.action
         threading.Thread(target=self._watch, args=(action,), name=f"barmaid-{action.kind}", daemon=True).start()
-        self._send_status(action, math.ceil(action.seconds))
+        self._send_status(action, self.remaining() if action.adopted else math.ceil(action.seconds))
 
     def end_action(self, event: EventData) -> None:
         action, self.action = self.action, None
         if action is None:  # entering the initial state
             return
         action.done.set()
-        try:
-            self.driver.halt()
-        except Exception:
-            log.exception("could not halt the pumps after %s", action.kind)
+        self._halt(f"after the {action.kind}")
         outcome = event.kwargs.get("outcome", Outcome.COMPLETED)
         ran = min(self._clock() - action.t0, action.seconds)
         if outcome != Outcome.COMPLETED:
@@ -443,7 +465,7 @@ class Controller:
         log.info("%s %s after %.3f s", action.kind, outcome, ran)
         # A lost daemon may well finish the wave: count the pour in full, to be safe.
         self._record(action, outcome, action.seconds if outcome == Outcome.LOST else ran)
-        self._send_status(action, 0)
+        self._send_status(action, 0, outcome)
 
     def publish_state(self, event: Optional[EventData] = None) -> None:
         self._publish(self.snapshot().frame())
@@ -470,16 +492,11 @@ class Controller:
         if action.kind == "calibrate":
             self._end_calibration(action, outcome, ran)
 
-    def _recover(self) -> None:
-        """Pours a crash cut off: counted as poured in full (the pigpio daemon finishes a wave
-        whatever became of barmaid), and marked interrupted."""
-        for record in self.store.unfinished():
-            ml = {p: v for p, v in record.planned_ml.items() if p < len(self.pumps)}
-            plan = {p: Span(0.0, v / self.pumps[p].flow_ml_s) for p, v in ml.items()}
-            action = Action(record.action, plan, ml, pour_id=record.id)
-            self._record(action, Outcome.INTERRUPTED, action.seconds if plan else 0.0)
-            log.warning("the %s started at %s was cut off by a crash; counted as poured: %s ml",
-                        record.action, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)), ml)
+    def _halt(self, why: str) -> None:
+        try:
+            self.driver.halt()
+        except Exception:
+            log.exception("could not halt the pumps %s", why)
 
     # ---- calibration ----------------------------------------------------------------------
 
@@ -547,9 +564,73 @@ class Controller:
             return list(self.pumps)
         return [state.model_copy(update={"sim_poured_ml": ml}) for state, ml in zip(self.pumps, poured)]
 
-    def _send_status(self, action: Action, remaining: int) -> None:
+    def _end_failed(self, action: Action) -> None:
+        """Records a pour that did not start: nothing poured, no level changed."""
+        try:
+            self.store.end_pour(action.pour_id, Outcome.FAILED, {}, {})
+        except StoreError as exc:
+            log.error("the %s that failed to start could not be recorded: %s", action.kind, exc)
+
+    def _lost_at_start(self, action: Action, exc: PumpsUnavailable) -> None:
+        """The daemon went away after the pour was sent: it may have run in full, so it is counted
+        so, and the client hears that in plain words (not the client library's own text).
+
+        Raises:
+            PumpsUnavailable: always.
+        """
+        log.error("the pump hardware was lost just after the %s was sent (%s); counted as poured in full",
+                  action.kind, exc)
+        self._halt(f"after the {action.kind} was lost")
+        self._record(action, Outcome.LOST, action.seconds)
+        poured = ", ".join(f"pump {p}: {ml:.1f} ml" for p, ml in sorted(action.ml.items()))
+        raise PumpsUnavailable(
+            f"the pump hardware was lost while the {action.kind} was being sent; it may have poured, so it"
+            f" is counted as poured in full ({poured}): check the glass and the pump daemon, then try again",
+            maybe_started=True,
+        ) from None
+
+    def _recover(self) -> None:
+        """Pours a crash cut off. The last one, if the hardware still plays it, is adopted: the
+        machine is busy with it until it ends, then records it. Any other is counted as poured up
+        to now (exact within one boot, in full when the time is unknown), never more than
+        planned, and marked interrupted."""
+        unfinished = self.store.unfinished()
+        now = self._clock()
+        for record in unfinished:
+            action = self._action_of(record)
+            elapsed = record.elapsed(now, self.store.boot_id)
+            if not action.plan:
+                self._end_failed(action)
+                continue
+            if record is unfinished[-1] and elapsed is not None and self.driver.playing():
+                action.t0, action.adopted = now - elapsed, True
+                log.warning("the %s started %.1f s ago by a barmaid that stopped is still pouring: adopted,"
+                            " it ends in %.1f s", action.kind, elapsed, max(0.0, action.seconds - elapsed))
+                self.adopt(action=action)
+                continue
+            ran = action.seconds if elapsed is None else min(elapsed, action.seconds)
+            self._record(action, Outcome.INTERRUPTED, ran)
+            log.warning(
+                "the %s started at %s was cut off by a crash; counted as poured %s: %s ml of %s ml planned",
+                record.action, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)),
+                "in full (its running time is unknown)" if elapsed is None else f"for {ran:.3f} s",
+                action.poured(ran), action.ml,
+            )
+
+    def _action_of(self, record: PourRecord) -> Action:
+        """The action an unfinished pour record describes, on this config's pumps."""
+        ml = {p: v for p, v in record.planned_ml.items() if p < len(self.pumps) and v > 0}
+        if record.spans is not None:
+            plan = {p: span for p, span in record.spans.items() if p in ml}
+        else:  # recorded before spans were: all together, at today's flow
+            plan = {p: Span(0.0, v / self.pumps[p].flow_ml_s) for p, v in ml.items()}
+        return Action(record.action, plan, {p: ml[p] for p in plan}, pour_id=record.id)
+
+    def _send_status(self, action: Action, remaining: int, outcome: Optional[Outcome] = None) -> None:
         self._broadcast(
-            Status(remaining_time=remaining, action=action.kind, initial_time=math.ceil(action.seconds)).frame()
+            Status(
+                remaining_time=remaining, action=action.kind, initial_time=math.ceil(action.seconds), outcome=outcome
+            ).frame()
         )
 
     def _watch(self, action: Action) -> None:
@@ -566,6 +647,8 @@ class Controller:
         """Logs each pump switch, sends status every status_interval, and ends the action."""
         interval = self.config.server.status_interval
         events = [(action.t0 + at, pump, on) for at, pump, on in switches(action.plan) if at > 0 or not on]
+        if action.adopted:  # what happened before this barmaid started was logged by the last one
+            events = [event for event in events if event[0] > self._clock()]
         next_tick = action.t0 + interval
         while True:
             now = self._clock()
@@ -588,6 +671,11 @@ class Controller:
             wake = min(next_tick, action.end, events[0][0] if events else math.inf)
             if action.done.wait(max(0.0, wake - now)):
                 return
+        if action.adopted:  # its time is the crashed barmaid's guess: the hardware says when it ends
+            grace = action.end + ADOPT_GRACE_S
+            while self.driver.playing() and self._clock() < grace:
+                if action.done.wait(min(interval, 0.05)):
+                    return
         with self._lock:
             if self.action is action:
                 self.finish(outcome=Outcome.COMPLETED)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, WithJsonSchema, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import BadMessage
+from .outcomes import Outcome
 
 #: Ratios are floats; 0.35 + 0.65 must not count as more than a full cup.
 RATIO_SUM_TOLERANCE = 1e-6
@@ -159,6 +160,17 @@ class Refill(Request):
     pump: PumpNumber
 
 
+class Prime(Request):
+    """Primes the tube of one pump again (after cleaning): prime_ml at its flow, same bottle.
+
+    Unlike refill it does not reset the level to a new bottle; what priming draws is taken off it.
+    """
+
+    type: ClassVar[str] = "prime"
+    guarded: ClassVar[bool] = True
+    pump: PumpNumber
+
+
 class Stop(Request):
     """Ends whatever runs now: every pump off, back to idle."""
 
@@ -253,7 +265,8 @@ class Hello(Request):
 
 
 REQUESTS: dict[str, type[Request]] = {
-    cls.type: cls for cls in (Blend, Refill, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, ResetCalibration, Clean, Hello)
+    cls.type: cls
+    for cls in (Blend, Refill, Prime, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, ResetCalibration, Clean, Hello)
 }
 
 
@@ -331,8 +344,9 @@ class Status(Reply):
     type: ClassVar[str] = "status"
     seed: ClassVar[bool] = True
     remaining_time: int = Field(ge=0, description="whole seconds to the end, rounded up")
-    action: Optional[Literal["blend", "refill", "calibrate", "clean"]] = None
+    action: Optional[Literal["blend", "refill", "prime", "calibrate", "clean"]] = None
     initial_time: Optional[int] = Field(None, ge=0, description="remaining_time of the first status")
+    outcome: Optional[Outcome] = Field(None, description="how the action ended; only on the final status (0)")
 
 
 class Error(Reply):

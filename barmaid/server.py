@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from typing import Optional
+from typing import Callable, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 from .config import Config
@@ -27,9 +27,13 @@ log.addHandler(logging.NullHandler())
 class BarmaidServer:
     """barmaid on a port: a transport, a controller and the driver it owns."""
 
-    def __init__(self, config: Config, driver: Driver, store: Optional[Store] = None) -> None:
+    def __init__(
+        self, config: Config, driver: Union[Driver, Callable[[], Driver]], store: Optional[Store] = None
+    ) -> None:
         """
         Args:
+            driver: the pumps, or a function that makes them: it is called once the port is
+                bound, so a barmaid that cannot serve never reaches the pump daemon.
             store: levels, calibrations, history; by default barmaid.db in config.data_dir.
         """
         self.config = config
@@ -48,7 +52,10 @@ class BarmaidServer:
         #: Clients that asked for the state once: they get it on every change.
         self._watchers: set[int] = set()
         self._watchers_lock = threading.Lock()
+        made = not isinstance(driver, Driver)
         try:
+            if made:
+                driver = driver()
             self.controller = Controller(
                 config,
                 driver,
@@ -57,6 +64,8 @@ class BarmaidServer:
                 publish=self._publish_state,
             )
         except BaseException:
+            if made and isinstance(driver, Driver):
+                driver.close()
             self.transport.close()  # the port is bound already: free it
             raise
 

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: stop, live state, bottle levels, calibration and cleaning over WebSocket.
+"""End to end: stop, live state, bottle levels, calibration and cleaning over WebSocket.
 
 Each test runs a BarmaidServer with simulated pumps on loopback (the driver's timeline and the
 client share time.monotonic). Wherever a seed-only GUI is connected too, it must see nothing but

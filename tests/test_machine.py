@@ -57,10 +57,10 @@ def test_real_states_yaml_loads_every_state_and_trigger():
     definition = load_definition()
     assert definition["initial"] == "idle"
     assert {state["name"] for state in definition["states"]} == {
-        "idle", "blending", "refilling", "calibrating", "cleaning"
+        "idle", "blending", "refilling", "priming", "calibrating", "cleaning"
     }
     assert {t["trigger"] for t in definition["transitions"]} == {
-        "blend", "refill", "calibrate", "clean", "finish", "stop", "abort"
+        "blend", "refill", "prime", "calibrate", "clean", "adopt", "finish", "stop", "abort"
     }
 
 
