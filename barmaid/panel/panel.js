@@ -44,6 +44,7 @@
     localPlan: null, // {action, seconds: {pump: s}, at}: the pour this panel just asked for
     live: null, // the running (or just ended) pour: {action, t0, spans, ended, outcome, id}
     pours: [], // history, newest first
+    seen: new Map(), // pour id -> the spans this panel planned or saw it run
     wizard: { running: null, runs: {} }, // runs: pump -> [{seconds, ml}]
     tokenTried: null,
     cards: [],
@@ -68,6 +69,7 @@
       hello(sessionStorage.getItem(TOKEN_KEY) || "");
       send("state");
       send("history", { limit: 10 });
+      probe();
     };
     ws.onmessage = (event) => {
       let message;
@@ -78,6 +80,7 @@
       }
       const handler = HANDLERS[message.type];
       if (handler) handler(message.data || {}, message);
+      ui.onError.delete(message.id);
     };
     ws.onclose = () => {
       if (ui.ws !== ws) return;
@@ -104,6 +107,21 @@
   function pour(type, data, seconds, onError) {
     ui.localPlan = { action: type, seconds, at: now() };
     return send(type, data, onError);
+  }
+
+  /** Newer request types, sent without data: an older barmaid answers "unknown type", a newer
+   * one that its data is missing; nothing moves either way, and neither answer is shown. */
+  const PROBED = ["prime", "reset_calibration"];
+
+  function probe() {
+    ui.probes = new Set(PROBED);
+    for (const type of PROBED) send(type, undefined, () => {});
+  }
+
+  function isProbeAnswer(msg) {
+    const type = [...(ui.probes || [])].find((t) => msg.includes(`"${t}"`) || msg.startsWith(`${t}:`));
+    if (type) ui.probes.delete(type);
+    return type !== undefined;
   }
 
   function hello(token) {
@@ -146,7 +164,8 @@
         const pour = ui.pours.find((p) => p.outcome === "running") || (live.ended !== null ? ui.pours[0] : null);
         if (pour) {
           live.id = pour.id;
-          if (!live.spans) live.spans = schedule(plannedSeconds(pour.planned_ml));
+          if (!live.spans) live.spans = pourSpans(pour);
+          ui.seen.set(pour.id, live.spans);
           if (live.estimated) live.t0 = now() - Math.max(0, total(live.spans) - ui.remaining);
           live.estimated = false;
         }
@@ -181,6 +200,7 @@
         askToken(msg);
       }
       const own = message.id !== undefined && ui.onError.get(message.id);
+      if (isProbeAnswer(msg)) return renderAll();
       if (own) own(msg, data);
       else if (ui.wizard.running && !ui.wizard.running.started) wizardFailed(msg);
       toast(msg);
@@ -198,6 +218,17 @@
       seconds[pump] = state ? volume / state.flow_ml_s : 0;
     }
     return seconds;
+  }
+
+  /** A recorded pour's plan: its millilitres at today's flows, stretched to the time it took when
+   * it completed (a calibration since then changed the flows, not how long that pour ran). */
+  function pourSpans(pour) {
+    const spans = schedule(plannedSeconds(pour.planned_ml));
+    const took = pour.ended - pour.started;
+    const stretch = pour.outcome === "completed" && took > 0 ? took / total(spans) : 1;
+    if (!(stretch > 0.5 && stretch < 2)) return spans;
+    for (const span of Object.values(spans)) Object.assign(span, { start: span.start * stretch, stop: span.stop * stretch });
+    return spans;
   }
 
   function lanes() {
@@ -414,9 +445,8 @@
     for (const pour of ui.pours) {
       if (items.length >= 3) break;
       if (pour.outcome === "running") continue;
-      const planned = plannedSeconds(pour.planned_ml);
-      const poured = plannedSeconds(pour.poured_ml || {});
-      const spans = schedule(planned);
+      const spans = ui.seen.get(pour.id) || pourSpans(pour);
+      const share = (pump) => (pour.planned_ml[pump] > 0 ? ((pour.poured_ml || {})[pump] || 0) / pour.planned_ml[pump] : 0);
       items.push({
         key: `pour-${pour.id}`,
         action: pour.action,
@@ -426,7 +456,7 @@
           pump: Number(pump),
           start: span.start,
           planned: span.stop - span.start,
-          actual: poured[pump] || 0,
+          actual: (span.stop - span.start) * share(pump),
         })),
         now: null,
       });
@@ -435,7 +465,8 @@
   }
 
   function drawTimeline(item) {
-    const W = 600, left = 92, right = 16, rowH = 24, top = 8;
+    const W = Math.max(320, Math.min(900, $("timelines").clientWidth - 20 || 600));
+    const left = 76, right = 16, rowH = 24, top = 8;
     const rows = item.rows.sort((a, b) => a.pump - b.pump);
     const end = Math.max(0.001, ...rows.map((r) => r.start + Math.max(r.planned, r.actual)));
     const x = (t) => left + ((W - left - right) * t) / end;
@@ -470,6 +501,14 @@
       svg.append(
         h("svg:line", { x1: x(t), x2: x(t), y1: axisY, y2: axisY + 4, class: "axis" }),
         h("svg:text", { x: x(t), y: axisY + 16, class: "tick" }, `${+t.toFixed(2)} s`)
+      );
+    }
+    const cut = rows.filter((r) => r.actual < r.planned - 0.01).map((r) => r.start + r.actual);
+    if (item.now === null && cut.length) {
+      const at = x(Math.max(...cut));
+      svg.append(
+        h("svg:line", { x1: at, x2: at, y1: top, y2: axisY, class: "cut" }),
+        h("svg:text", { x: at + 3, y: top + 10, class: "cut-label" }, item.outcome)
       );
     }
     if (item.now !== null) {
