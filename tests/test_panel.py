@@ -81,6 +81,12 @@ def test_the_panel_loads_nothing_from_elsewhere() -> None:
         assert not re.search(r"""(src|href)=["']?(https?:)?//|@import|url\(\s*["']?https?:""", text), path
 
 
+def test_the_readme_shows_the_panel() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    pictures = re.findall(r"!\[[^]]+\]\((docs/panel[^)]*\.png)\)", readme)
+    assert pictures and all((Path(__file__).parent.parent / picture).is_file() for picture in pictures)
+
+
 # ---- a browser, the panel's files and a slower barmaid --------------------------------------
 
 
@@ -99,7 +105,7 @@ def browser() -> Iterator[Any]:
     """One Chromium for the whole module."""
     missing = _browser_missing()
     if missing:
-        how = "apt-get install -y chromium && .venv/bin/pip install -e '.[test]'"
+        how = "apt-get install -y chromium (Debian's; no browser is downloaded) and .venv/bin/pip install -e '.[test]'"
         if os.environ.get("BARMAID_BROWSER_TESTS") == "required":
             pytest.fail(f"browser tests are required here but {missing}: {how}")
         pytest.skip(f"browser tests skipped: {missing}; to run them: {how}")

@@ -7,9 +7,10 @@
 
 (() => {
   const SVG = "http://www.w3.org/2000/svg";
-  const TOKEN_KEY = "barmaid.token";
   const params = new URLSearchParams(location.search);
   const WS_URL = params.get("ws") || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+  // Kept per machine: a link with another ?ws= never gets this machine's token.
+  const TOKEN_KEY = `barmaid.token ${WS_URL}`;
 
   const $ = (id) => document.getElementById(id);
 
