@@ -10,6 +10,7 @@ BARMAID_BROWSER_TESTS=required (as .ci/run sets) they fail instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -24,6 +25,7 @@ from barmaid.config import Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.protocol import REQUESTS
 from barmaid.server import BarmaidServer
+from barmaid.transport import Client, Transport
 
 from conftest import Peer, close_quickly, eventually, fast_pumps
 
@@ -225,18 +227,14 @@ def drawn_bars(page: Any) -> list[dict[str, float]]:
 # ---- the panel in the browser ---------------------------------------------------------------
 
 
-def test_panel_shows_every_pump_with_name_level_flow_and_startup(open_panel, barmaid: BarmaidServer) -> None:
+def test_pumps_show_name_level_flow_startup_and_refill_fills_the_bottle(open_panel, barmaid: BarmaidServer) -> None:
     page = open_panel(barmaid)
     assert page.get_by_test_id("pumps").locator("article").count() == 8
-    expect_text(page, "flow-0", r"^100\.0 ml/s$")
-    expect_text(page, "level-0", "not tracked")
-    expect_text(page, "dead-0", r"–|\d s")
-    assert re.search(r"Pump 0|\w", page.get_by_test_id("pump-0").locator(".name").inner_text())
     expect_text(page, "machine", "^idle")
-
-
-def test_refill_primes_the_pump_and_fills_the_bottle(open_panel, barmaid: BarmaidServer) -> None:
-    page = open_panel(barmaid)
+    expect_text(page, "flow-2", r"^100\.0 ml/s$")
+    expect_text(page, "dead-2", r"^(–|\d+\.\d\d s)$")
+    expect_text(page, "level-2", "not tracked")
+    assert page.get_by_test_id("pump-2").locator(".name").inner_text().strip()
     page.get_by_test_id("refill-2").click()
     expect_text(page, "level-2", r"^690 of 700 ml$")  # a full bottle less what priming took
     tab(page, "History")
@@ -355,12 +353,76 @@ def test_with_a_token_the_panel_asks_once_per_session(open_panel, start_barmaid)
     assert not dialog.is_visible()
 
 
-@pytest.mark.parametrize(("width", "height"), [(480, 800), (800, 480)], ids=["phone", "touchscreen"])
-def test_stop_stays_in_view_and_nothing_overflows(open_panel, barmaid: BarmaidServer, width: int, height: int) -> None:
-    page = open_panel(barmaid, width=width, height=height)
-    for name in ("Pumps", "Timeline", "Calibrate", "Clean", "History"):
-        tab(page, name)
-        page.mouse.wheel(0, 5000)
-        box = page.get_by_test_id("stop").bounding_box()
-        assert box and 0 <= box["y"] and box["y"] + box["height"] <= height and box["x"] + box["width"] <= width, name
-        assert page.evaluate("document.documentElement.scrollWidth") <= width, name
+def test_stop_stays_in_view_and_nothing_overflows_on_a_phone_and_the_touchscreen(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    for width, height in [(480, 800), (800, 480)]:
+        page.set_viewport_size({"width": width, "height": height})
+        for name in ("Pumps", "Timeline", "Calibrate", "Clean", "History"):
+            tab(page, name)
+            page.mouse.wheel(0, 5000)
+            box = page.get_by_test_id("stop").bounding_box()
+            where = f"{name} at {width}x{height}"
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= height and box["x"] + box["width"] <= width, where
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, where
+
+
+class NewerBarmaid:
+    """A scripted server speaking the extended protocol (ids, welcome, names, dead_s, calibration
+    points, hardware, prime, reset_calibration) on the real transport, recording every request."""
+
+    PUMPS = [
+        {"pump": p, "name": "white rum" if p == 0 else None, "flow_ml_s": 21.0, "prime_ml": 8.0, "level_ml": None,
+         "capacity_ml": None, "calibration_seconds": 20.0 if p == 0 else None, "dead_s": 0.48 if p == 0 else 0.0,
+         "points": [{"seconds": 10.0, "ml": 200.0}, {"seconds": 20.0, "ml": 410.0}] if p == 0 else []}
+        for p in range(8)
+    ]
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.transport = Transport("127.0.0.1", 0, self._on_message)
+        self.port = self.transport.port
+        self.transport.start()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _on_message(self, client: Client, text: str) -> None:
+        request = json.loads(text)
+        self.requests.append(request)
+        kind, data = request["type"], request.get("data")
+        reply: dict[str, Any] = {"state": {"state": "idle", "action": None, "remaining_time": 0, "hardware": False, "pumps": self.PUMPS},
+                                 "history": {"pours": []},
+                                 "welcome": {"msg": "this connection may pour", "protocol": 2, "token_required": False, "may_pour": True,
+                                             "hardware": False, "limits": {"max_parallel_pumps": None}, "pumps": self.PUMPS,
+                                             "types": ["blend", "refill", "prime", "echo", "stop", "state", "history", "set_level",
+                                                       "calibrate", "set_flow", "reset_calibration", "clean", "hello"]}}
+        answer = {"hello": "welcome", "state": "state", "history": "history"}.get(kind)
+        if kind in ("prime", "reset_calibration") and data is None:
+            client.send(json.dumps({"type": "error", "id": request["id"], "data": {"msg": f'{kind}: "data" missing', "code": "invalid"}}))
+        elif answer:
+            client.send(json.dumps({"type": answer, "id": request["id"], "data": reply[answer]}))
+
+    def received(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["type"] == kind and "data" in r]
+
+
+def test_with_a_newer_barmaid_the_panel_shows_names_startup_points_and_offers_prime_and_reset(open_panel) -> None:
+    newer = NewerBarmaid()
+    try:
+        page = open_panel(newer)
+        expect_text(page, "pump-0", "^white rum")
+        expect_text(page, "pump-1", "^Pump 1")  # not named
+        expect_text(page, "dead-0", r"^0\.48 s$")
+        expect_text(page, "machine", "pumps offline")
+        page.get_by_test_id("prime-0").click()
+        assert eventually(lambda: newer.received("prime") != [])
+        tab(page, "Calibrate")
+        expect_text(page, "cal-line", r"Fit of 2 runs: 21\.0 ml/s, start-up 0\.48 s")
+        expect_text(page, "cal-fit", r"start-up 0\.48 s")
+        page.get_by_test_id("cal-reset").click()
+        assert eventually(lambda: newer.received("reset_calibration") != [])
+        assert newer.received("prime")[0]["data"] == {"pump": 0} and newer.received("reset_calibration")[0]["data"] == {"pump": 0}
+        assert all(set(r) <= {"type", "data", "id"} and isinstance(r["id"], str) for r in newer.requests)
+        assert not page.get_by_test_id("toast").is_visible()  # the probes' answers are not shown
+    finally:
+        close_quickly(newer)

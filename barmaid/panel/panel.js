@@ -179,18 +179,21 @@
       const types = data.types || data.message_types || data.messages;
       if (Array.isArray(types)) ui.supported = new Set(types);
       if (data.hardware !== undefined) ui.hardware = data.hardware;
-      if (ui.tokenTried) {
+      // may_pour (newer servers) says whether this connection may pour; older ones welcome only a good token.
+      const mayPour = data.may_pour !== undefined ? data.may_pour : !(data.token_required && !ui.tokenTried);
+      if (!mayPour) {
+        askToken(ui.tokenTried ? "that token was not accepted" : "");
+      } else if (ui.tokenTried) {
         sessionStorage.setItem(TOKEN_KEY, ui.tokenTried);
         $("token-dialog").close();
-      } else if (data.token_required === true) {
-        askToken("");
       }
       renderAll();
     },
     stopped(data) {
       toast(data.msg || "stopped", "info");
     },
-    started() {},
+    started() {}, // the first status follows
+    done() {}, // set_level, set_flow: the pushed state came first
     echo() {},
     error(data, message) {
       const msg = data.msg || "the machine refused that";
@@ -326,22 +329,15 @@
     renderTimelines();
   }
 
-  function hardwareText() {
-    const hw = ui.hardware;
-    if (hw === undefined || hw === null) return "";
-    if (typeof hw === "string") return hw;
-    const kind = hw.driver || hw.kind || hw.name || "";
-    const down = hw.available === false || hw.ok === false || hw.connected === false;
-    return `${kind}${down ? " unavailable" : ""}`.trim();
-  }
+  /** Servers that tell (`hardware` in state and welcome) say false while the pumps cannot be reached. */
+  const hardwareDown = () => ui.hardware === false;
 
   function renderMachine() {
     const state = ui.state;
     let text = state ? state.state : "connecting…";
     if (state && state.state !== "idle") text += ` · ${ui.remaining || state.remaining_time} s left`;
-    const hw = hardwareText();
-    $("machine").textContent = hw ? `${text} · ${hw}` : text;
-    $("machine").className = `machine ${busy() ? "busy" : ""}`;
+    $("machine").textContent = hardwareDown() ? `${text} · pumps offline` : text;
+    $("machine").className = `machine ${busy() ? "busy" : ""} ${hardwareDown() ? "down" : ""}`;
   }
 
   function buildCard(pump) {
