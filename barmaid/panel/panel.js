@@ -176,8 +176,7 @@
     },
     welcome(data) {
       ui.welcome = data;
-      const types = data.types || data.message_types || data.messages;
-      if (Array.isArray(types)) ui.supported = new Set(types);
+      if (Array.isArray(data.types)) ui.supported = new Set(data.types);
       if (data.hardware !== undefined) ui.hardware = data.hardware;
       // may_pour (newer servers) says whether this connection may pour; older ones welcome only a good token.
       const mayPour = data.may_pour !== undefined ? data.may_pour : !(data.token_required && !ui.tokenTried);
@@ -214,7 +213,7 @@
 
   // ---- the running pour and its plan -------------------------------------------------------
 
-  /** Seconds each pump runs for planned millilitres, at today's flows (and start-up time). */
+  /** Seconds each pump runs for planned millilitres, at today's flows. */
   function plannedSeconds(ml) {
     const seconds = {};
     for (const [pump, volume] of Object.entries(ml || {})) {
@@ -757,6 +756,5 @@
 
   $("toast").addEventListener("click", () => ($("toast").hidden = true));
 
-  window.barmaidPanel = ui; // for a look from the browser's console
   connect();
 })();
