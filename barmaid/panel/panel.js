@@ -201,6 +201,7 @@
       if (data.code === "token" || /token/.test(msg)) {
         sessionStorage.removeItem(TOKEN_KEY);
         askToken(msg);
+        if (msg.startsWith("hello") && !ui.tokenTried) return; // asking without a token: the dialog says it
       }
       const own = message.id !== undefined && ui.onError.get(message.id);
       if (isProbeAnswer(msg)) return renderAll();
@@ -727,14 +728,19 @@
 
   // ---- token, stop, tabs, messages ---------------------------------------------------------
 
+  /** Not modal: STOP, the state and the history need no token and stay in reach. */
   function askToken(msg) {
     const dialog = $("token-dialog");
     $("token-note").textContent = ui.tokenTried ? msg : "";
-    if (!dialog.open) dialog.showModal();
+    if (!dialog.open) dialog.show();
     $("token").focus();
   }
 
-  $("token-form").addEventListener("submit", () => hello($("token").value));
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    hello($("token").value);
+  });
+  $("token-later").addEventListener("click", () => $("token-dialog").close());
 
   $("stop").addEventListener("click", () => send("stop"));
 
