@@ -175,12 +175,15 @@ def context(browser: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def open_panel(context: Any, panel_url: str) -> Iterator[Callable[..., Any]]:
-    """Opens the panel on a barmaid in a new tab (so with its own sessionStorage)."""
+    """Opens the panel on a barmaid in a new tab (so with its own sessionStorage); at the end, fails
+    the test if the page's script threw anything."""
     pages: list[Any] = []
+    thrown: list[str] = []
 
     def open_page(barmaid: BarmaidServer, width: int = 800, height: int = 480, ready: bool = True) -> Any:
         page = context.new_page()
         pages.append(page)
+        page.on("pageerror", lambda error: thrown.append(str(error)))
         page.set_viewport_size({"width": width, "height": height})
         page.set_default_timeout(WAIT_MS)
         page.goto(f"{panel_url}?ws=ws://127.0.0.1:{barmaid.port}/")
@@ -192,6 +195,7 @@ def open_panel(context: Any, panel_url: str) -> Iterator[Callable[..., Any]]:
     yield open_page
     for page in pages:
         page.close()
+    assert not thrown, f"the panel's script threw: {thrown}"
 
 
 @pytest.fixture

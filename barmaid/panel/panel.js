@@ -309,12 +309,16 @@
     return on;
   }
 
-  function tick() {
+  function showOnOff() {
     const on = pumpsOn();
     ui.cards.forEach((card, pump) => {
       card.root.classList.toggle("on", on.has(pump));
       card.onoff.textContent = on.has(pump) ? "ON" : "off";
     });
+  }
+
+  function tick() {
+    showOnOff();
     renderTimelines();
   }
 
@@ -377,7 +381,6 @@
       ui.cards = list.map((_, pump) => buildCard(pump));
       grid.replaceChildren(...ui.cards.map((c) => c.root));
     }
-    const on = pumpsOn();
     list.forEach((p, pump) => {
       const card = ui.cards[pump];
       card.name.textContent = nameOf(pump);
@@ -394,12 +397,11 @@
             : `${fmt(level, 0)} ml`;
       card.flow.textContent = `${fmt(p.flow_ml_s)} ml/s`;
       card.dead.textContent = p.dead_s === undefined || p.dead_s === null ? "–" : `${fmt(p.dead_s, 2)} s`;
-      card.root.classList.toggle("on", on.has(pump));
-      card.onoff.textContent = on.has(pump) ? "ON" : "off";
       card.prime.disabled = busy() || !has("prime");
       card.prime.title = has("prime") ? "fill the tube; the level stays" : "this barmaid has no prime: Refill primes too, and counts a full bottle";
       card.refill.disabled = busy();
     });
+    showOnOff();
   }
 
   function prime(pump) {
