@@ -1,0 +1,442 @@
+"""The service panel in a real browser (Debian's Chromium, driven by Playwright) against a real server.
+
+The panel's files are served by a small http.server that calls `barmaid.panel.respond`, and the
+page is pointed at the barmaid under test with `?ws=`. Pumps run at 100 ml/s here, so pours last
+a few tenths of a second: long enough to be seen, short enough for the suite.
+
+Without Chromium or the playwright package these tests skip, saying how to run them; with
+BARMAID_BROWSER_TESTS=required (as .ci/run sets) they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+from barmaid import panel
+from barmaid.config import Config, load_config
+from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.protocol import REQUESTS
+from barmaid.server import BarmaidServer
+from barmaid.transport import Client, Transport
+
+from conftest import Peer, close_quickly, eventually, fast_pumps
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: No downloaded browser: Debian's, without anything that reaches out to the network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FLOW_ML_S = 100.0
+PRIME_ML = 10.0
+CAPACITY_ML = 700.0
+TOKEN = "party-secret-42"
+#: Longest wait for the page to show something; a healthy panel does it in milliseconds.
+WAIT_MS = 5000
+
+
+# ---- panel.respond, no browser needed -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "starts"),
+    [
+        ("/", "text/html", b"<!doctype html>"),
+        ("/?ws=ws://127.0.0.1:1/", "text/html", b"<!doctype html>"),
+        ("/index.html", "text/html", b"<!doctype html>"),
+        ("/panel.js", "text/javascript", b"// barmaid service panel"),
+        ("/panel.css", "text/css", b"/* barmaid service panel"),
+    ],
+)
+def test_respond_serves_the_panel_files(path: str, content_type: str, starts: bytes) -> None:
+    status, kind, body = panel.respond(path)
+    assert status == 200 and kind.startswith(content_type) and body.startswith(starts)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/panel.py", "/../pyproject.toml", "/panel/../panel.py", "/%2e%2e/server.py", "//etc/passwd",
+     "/panel/index.html", "/favicon.ico", "/PANEL.JS", "", "/panel.js/"],
+)
+def test_respond_answers_none_for_anything_else(path: str) -> None:
+    assert panel.respond(path) is None
+
+
+def test_the_panel_loads_nothing_from_elsewhere() -> None:
+    """No CDN, no web font, no external script: the machine is often offline at a party."""
+    for path in ("/", "/panel.js", "/panel.css"):
+        text = panel.respond(path)[2].decode()
+        assert not re.search(r"""(src|href)=["']?(https?:)?//|@import|url\(\s*["']?https?:""", text), path
+
+
+def test_the_readme_shows_the_panel() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    pictures = re.findall(r"!\[[^]]+\]\((docs/panel[^)]*\.png)\)", readme)
+    assert pictures and all((Path(__file__).parent.parent / picture).is_file() for picture in pictures)
+
+
+# ---- a browser, the panel's files and a slower barmaid --------------------------------------
+
+
+def _browser_missing() -> Optional[str]:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    if not CHROMIUM.exists():
+        return f"no Chromium at {CHROMIUM}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for the whole module."""
+    missing = _browser_missing()
+    if missing:
+        how = "apt-get install -y chromium (Debian's; no browser is downloaded) and .venv/bin/pip install -e '.[test]'"
+        if os.environ.get("BARMAID_BROWSER_TESTS") == "required":
+            pytest.fail(f"browser tests are required here but {missing}: {how}")
+        pytest.skip(f"browser tests skipped: {missing}; to run them: {how}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def panel_url() -> Iterator[str]:
+    """An http.server on loopback that answers with panel.respond, as barmaid's port will."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer = panel.respond(self.path)
+            status, kind, body = answer if answer else (404, "text/plain", b"not the panel's")
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, name="test-panel-http", daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def slow_config(write_config: Callable[..., Path], **server: Any) -> Config:
+    pumps = [dict(pump, capacity_ml=CAPACITY_ML) for pump in fast_pumps(FLOW_ML_S, PRIME_ML)]
+    config = load_config(write_config({"pumps": pumps}), {"server": {"host": "127.0.0.1", "status_interval": 0.05, **server}})
+    return config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
+
+
+@pytest.fixture
+def start_barmaid(write_config: Callable[..., Path]) -> Iterator[Callable[..., BarmaidServer]]:
+    """Starts a BarmaidServer with 8 simulated pumps at 100 ml/s, bottles of 700 ml."""
+    started: list[BarmaidServer] = []
+
+    def start(**server: Any) -> BarmaidServer:
+        config = slow_config(write_config, **server)
+        barmaid = BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps], config.limits.max_pump_seconds))
+        barmaid.start()
+        started.append(barmaid)
+        return barmaid
+
+    yield start
+    for barmaid in started:
+        close_quickly(barmaid)
+
+
+@pytest.fixture(scope="module")
+def context(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 800, "height": 480})
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def open_panel(context: Any, panel_url: str) -> Iterator[Callable[..., Any]]:
+    """Opens the panel on a barmaid in a new tab (so with its own sessionStorage); at the end, fails
+    the test if the page's script threw anything."""
+    pages: list[Any] = []
+    thrown: list[str] = []
+
+    def open_page(barmaid: BarmaidServer, width: int = 800, height: int = 480, ready: bool = True) -> Any:
+        page = context.new_page()
+        pages.append(page)
+        page.on("pageerror", lambda error: thrown.append(str(error)))
+        page.set_viewport_size({"width": width, "height": height})
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"{panel_url}?ws=ws://127.0.0.1:{barmaid.port}/")
+        if ready:
+            page.get_by_test_id("link").filter(has_text="online").wait_for()
+            page.get_by_test_id("pump-7").wait_for()
+        return page
+
+    yield open_page
+    for page in pages:
+        page.close()
+    assert not thrown, f"the panel's script threw: {thrown}"
+
+
+@pytest.fixture
+def barmaid(start_barmaid: Callable[..., BarmaidServer]) -> BarmaidServer:
+    return start_barmaid()
+
+
+def expect_text(page: Any, test_id: str, pattern: str) -> None:
+    """Waits until the element's text matches the regular expression."""
+    page.wait_for_function(
+        "([id, pattern]) => { const e = document.querySelector(`[data-testid='${id}']`);"
+        " return e !== null && new RegExp(pattern).test(e.textContent); }",
+        arg=[test_id, pattern],
+    )
+
+
+def tab(page: Any, name: str) -> None:
+    page.get_by_role("button", name=name, exact=True).click()
+
+
+def drawn_bars(page: Any) -> list[dict[str, float]]:
+    """The first timeline's bars: pump, planned and actual seconds, as the SVG draws them."""
+    return page.eval_on_selector(
+        "[data-testid='timeline']",
+        """svg => [...svg.querySelectorAll('rect.planned')].map(p => ({
+            pump: +p.dataset.pump, planned: +p.dataset.seconds,
+            actual: +svg.querySelector(`rect.actual[data-pump='${p.dataset.pump}']`).dataset.seconds,
+            planned_px: +p.getAttribute('width'),
+            actual_px: +svg.querySelector(`rect.actual[data-pump='${p.dataset.pump}']`).getAttribute('width')}))""",
+    )
+
+
+# ---- the panel in the browser ---------------------------------------------------------------
+
+
+def test_pumps_show_name_level_flow_startup_and_refill_fills_the_bottle(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    assert page.get_by_test_id("pumps").locator("article").count() == 8
+    expect_text(page, "machine", "^idle")
+    expect_text(page, "flow-2", r"^100\.0 ml/s$")
+    expect_text(page, "dead-2", r"^(–|\d+\.\d\d s)$")
+    expect_text(page, "level-2", "not tracked")
+    assert page.get_by_test_id("pump-2").locator(".name").inner_text().strip()
+    page.get_by_test_id("refill-2").click()
+    expect_text(page, "level-2", r"^690 of 700 ml$")  # a full bottle less what priming took
+    tab(page, "History")
+    expect_text(page, "history", r"refill.*Pump 2 10\.0 / 10\.0.*completed")
+    assert barmaid.controller.pumps[2].level_ml == pytest.approx(CAPACITY_ML - PRIME_ML)
+
+
+def test_prime_fills_the_tube_or_says_this_server_has_none(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    page.get_by_test_id("level-input-1").fill("300")
+    page.get_by_test_id("level-save-1").click()
+    expect_text(page, "level-1", r"^300 of 700 ml$")
+    prime = page.get_by_test_id("prime-1")
+    if "prime" in REQUESTS:
+        prime.click()
+        tab(page, "History")
+        expect_text(page, "history", r"prime.*completed")
+        expect_text(page, "level-1", r"^300 of 700 ml$")  # priming leaves the bottle's level alone
+    else:  # an older barmaid: the panel found out when it connected, and offers Refill instead
+        page.wait_for_function("() => document.querySelector(\"[data-testid='prime-1']\").disabled")
+        assert "Refill" in prime.get_attribute("title")
+        assert not page.get_by_test_id("toast").is_visible()  # finding out is not an error
+
+
+def test_stop_ends_a_calibration_and_its_timeline_is_shorter_than_planned(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    tab(page, "Calibrate")
+    page.get_by_test_id("cal-s1").fill("30")
+    page.get_by_test_id("cal-run1").click()
+    expect_text(page, "machine", "^calibrating")
+    expect_text(page, "onoff-0", "^ON$")
+    tab(page, "Timeline")
+    page.locator("[data-testid='timeline'][data-outcome='running'] line.now").wait_for(state="attached")
+    page.get_by_test_id("stop").click()
+    expect_text(page, "toast", "stopped the calibrate")
+    expect_text(page, "machine", "^idle")
+    expect_text(page, "onoff-0", "^off$")
+    assert barmaid.controller.state == "idle" and not barmaid.controller.driver.playing()
+    page.locator("[data-testid='timeline'][data-outcome='stopped']").wait_for()
+    (bar,) = drawn_bars(page)
+    assert bar["pump"] == 0 and bar["planned"] == pytest.approx(30.0)
+    assert 0 < bar["actual"] < 10 and bar["actual_px"] < bar["planned_px"] / 3
+
+
+def test_calibration_wizard_runs_twice_sets_the_flow_and_shows_the_fit(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    tab(page, "Calibrate")
+    page.get_by_test_id("cal-pump").select_option("3")
+    page.get_by_test_id("cal-s1").fill("0.2")
+    page.get_by_test_id("cal-run1").click()
+    expect_text(page, "cal-note", r"ran 0\.20 s")
+    page.get_by_test_id("cal-ml1").fill("20")
+    page.get_by_test_id("cal-save1").click()
+    page.get_by_test_id("cal-s2").fill("0.4")
+    page.get_by_test_id("cal-run2").click()
+    expect_text(page, "cal-note", r"ran 0\.40 s")
+    page.get_by_test_id("cal-ml2").fill("44")
+    page.get_by_test_id("cal-save2").click()
+    # 20 ml in 0.2 s and 44 ml in 0.4 s: 120 ml/s after a start-up of 0.2 - 20/120 = 0.03 s.
+    expect_text(page, "cal-line", r"120\.0 ml/s, start-up 0\.03 s")
+    assert eventually(lambda: barmaid.controller.flows[3] != FLOW_ML_S)
+    expect_text(page, "flow-3", rf"^{barmaid.controller.flows[3]:.1f} ml/s$")
+    assert page.locator("[data-testid='cal-fit'] circle").count() == 2
+
+
+def test_levels_and_timeline_after_a_blend_from_another_screen(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    page.get_by_test_id("level-input-1").fill("500")
+    page.get_by_test_id("level-save-1").click()
+    expect_text(page, "level-1", r"^500 of 700 ml$")
+    gui = Peer(f"ws://127.0.0.1:{barmaid.port}/")
+    try:
+        gui.send({"type": "blend", "data": {"cup_size": 0.05, "ratios": {"1": 0.4, "5": 0.6}}})
+        gui.recv_until()
+    finally:
+        gui.close()
+    expect_text(page, "level-1", r"^480 of 700 ml$")  # 20 ml poured
+    expect_text(page, "level-5", "not tracked")
+    tab(page, "Timeline")
+    page.locator("[data-testid='timeline'][data-outcome='completed']").wait_for()
+    bars = drawn_bars(page)
+    assert [b["pump"] for b in bars] == [1, 5]
+    assert [b["planned"] for b in bars] == pytest.approx([0.2, 0.3], abs=0.01)
+    assert [b["actual"] for b in bars] == pytest.approx([0.2, 0.3], abs=0.01)
+    assert bars[1]["planned_px"] > bars[0]["planned_px"]
+
+
+def test_cleaning_runs_the_chosen_pumps_and_leaves_levels(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    tab(page, "Clean")
+    page.get_by_test_id("clean-s").fill("0.1")
+    for pump in range(2, 8):
+        page.get_by_test_id(f"clean-{pump}").uncheck()
+    page.get_by_test_id("clean-start").click()
+    tab(page, "History")
+    expect_text(page, "history", r"clean.*Pump 0 10\.0 / 10\.0, Pump 1 10\.0 / 10\.0.*completed")
+
+
+def test_with_a_token_the_panel_asks_once_per_session(open_panel, start_barmaid) -> None:
+    barmaid = start_barmaid(token=TOKEN)
+    page = open_panel(barmaid)
+    dialog = page.get_by_test_id("token-dialog")
+    dialog.wait_for()
+    page.get_by_test_id("stop").click()  # stopping is never locked, not even behind the dialog
+    expect_text(page, "toast", "nothing was running")
+    page.get_by_test_id("token").fill("wrong-token-1")
+    page.get_by_test_id("token-submit").click()
+    expect_text(page, "token-note", "wrong token")
+    dialog.wait_for()
+    page.get_by_test_id("token").fill(TOKEN)
+    page.get_by_test_id("token-submit").click()
+    dialog.wait_for(state="hidden")
+    page.get_by_test_id("refill-4").click()
+    expect_text(page, "level-4", r"^690 of 700 ml$")
+    page.reload()
+    page.get_by_test_id("link").filter(has_text="online").wait_for()
+    page.get_by_test_id("refill-5").click()
+    expect_text(page, "level-5", r"^690 of 700 ml$")
+    assert not dialog.is_visible()
+
+
+def test_stop_stays_in_view_and_nothing_overflows_on_a_phone_and_the_touchscreen(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    for width, height in [(480, 800), (800, 480)]:
+        page.set_viewport_size({"width": width, "height": height})
+        for name in ("pumps", "timeline", "calibrate", "clean", "history"):
+            # One round trip per page: show it, scroll to its end, measure STOP and the page's width.
+            seen = page.evaluate(
+                """name => { document.querySelector(`.tab[data-tab='${name}']`).click();
+                    window.scrollTo(0, document.body.scrollHeight);
+                    const stop = document.querySelector("[data-testid='stop']").getBoundingClientRect();
+                    return {top: stop.top, bottom: stop.bottom, right: stop.right,
+                            width: document.documentElement.scrollWidth, scrolled: window.scrollY}; }""",
+                name,
+            )
+            where = f"{name} at {width}x{height}: {seen}"
+            assert 0 <= seen["top"] and seen["bottom"] <= height and seen["right"] <= width, where
+            assert seen["width"] <= width, where
+            assert name != "pumps" or seen["scrolled"] > 0, where  # 8 pumps do not fit: STOP stayed while scrolled
+
+
+class NewerBarmaid:
+    """A scripted server speaking the extended protocol (ids, welcome, names, dead_s, calibration
+    points, hardware, prime, reset_calibration) on the real transport, recording every request."""
+
+    PUMPS = [
+        {"pump": p, "name": "white rum" if p == 0 else None, "flow_ml_s": 21.0, "prime_ml": 8.0, "level_ml": None,
+         "capacity_ml": None, "calibration_seconds": 20.0 if p == 0 else None, "dead_s": 0.48 if p == 0 else 0.0,
+         "points": [{"seconds": 10.0, "ml": 200.0}, {"seconds": 20.0, "ml": 410.0}] if p == 0 else []}
+        for p in range(8)
+    ]
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.transport = Transport("127.0.0.1", 0, self._on_message)
+        self.port = self.transport.port
+        self.transport.start()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _on_message(self, client: Client, text: str) -> None:
+        request = json.loads(text)
+        self.requests.append(request)
+        kind, data = request["type"], request.get("data")
+        reply: dict[str, Any] = {"state": {"state": "idle", "action": None, "remaining_time": 0, "hardware": False, "pumps": self.PUMPS},
+                                 "history": {"pours": []},
+                                 "welcome": {"msg": "this connection may pour", "protocol": 2, "token_required": False, "may_pour": True,
+                                             "hardware": False, "limits": {"max_parallel_pumps": None}, "pumps": self.PUMPS,
+                                             "types": ["blend", "refill", "prime", "echo", "stop", "state", "history", "set_level",
+                                                       "calibrate", "set_flow", "reset_calibration", "clean", "hello"]}}
+        answer = {"hello": "welcome", "state": "state", "history": "history"}.get(kind)
+        if kind in ("prime", "reset_calibration") and data is None:
+            client.send(json.dumps({"type": "error", "id": request["id"], "data": {"msg": f'{kind}: "data" missing', "code": "invalid"}}))
+        elif answer:
+            client.send(json.dumps({"type": answer, "id": request["id"], "data": reply[answer]}))
+
+    def received(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["type"] == kind and "data" in r]
+
+
+def test_with_a_newer_barmaid_the_panel_shows_names_startup_points_and_offers_prime_and_reset(open_panel) -> None:
+    newer = NewerBarmaid()
+    try:
+        page = open_panel(newer)
+        expect_text(page, "pump-0", "^white rum")
+        expect_text(page, "pump-1", "^Pump 1")  # not named
+        expect_text(page, "dead-0", r"^0\.48 s$")
+        expect_text(page, "machine", "pumps offline")
+        page.get_by_test_id("prime-0").click()
+        assert eventually(lambda: newer.received("prime") != [])
+        tab(page, "Calibrate")
+        expect_text(page, "cal-line", r"Fit of 2 runs: 21\.0 ml/s, start-up 0\.48 s")
+        expect_text(page, "cal-fit", r"start-up 0\.48 s")
+        page.get_by_test_id("cal-reset").click()
+        assert eventually(lambda: newer.received("reset_calibration") != [])
+        assert newer.received("prime")[0]["data"] == {"pump": 0} and newer.received("reset_calibration")[0]["data"] == {"pump": 0}
+        assert all(set(r) <= {"type", "data", "id"} and isinstance(r["id"], str) for r in newer.requests)
+        assert not page.get_by_test_id("toast").is_visible()  # the probes' answers are not shown
+    finally:
+        close_quickly(newer)
