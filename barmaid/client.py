@@ -140,6 +140,9 @@ class Action:
         #: Errors sent to every client while it ran (the pump hardware was lost...).
         self.errors: list[Message] = []
         self.final: Optional[Message] = None
+        #: time.monotonic() when it was sent and when its final status came.
+        self.sent_at = time.monotonic()
+        self.ended_at: Optional[float] = None
         self._series_begun = False
         self._reported = 0
 
@@ -167,8 +170,7 @@ class Action:
         """
         self.wait_started()
         for status in self.statuses[self._reported :]:  # the first status, if it was the acknowledgement
-            if on_status:
-                on_status(status)
+            self._report(status, on_status)
         while self.final is None:
             status = self.client._take(self._is_status, silence)
             if status.type == "error":
@@ -180,12 +182,21 @@ class Action:
                 self._begin_series(status)
             else:
                 self.statuses.append(status)
-            if on_status:
-                on_status(status)
             if status.remaining == 0:
                 self.final = status
-        self._reported = len(self.statuses)
+                self.ended_at = time.monotonic()
+            self._report(status, on_status)
         return self.final
+
+    def _report(self, status: Message, on_status: Optional[Callable[[Message], None]]) -> None:
+        self._reported += 1  # first: a Ctrl-C inside on_status must not report it twice
+        if on_status:
+            on_status(status)
+
+    @property
+    def elapsed(self) -> Optional[float]:
+        """Seconds from sending the request to its final status, as seen here."""
+        return None if self.ended_at is None else self.ended_at - self.sent_at
 
     @property
     def initial_time(self) -> Optional[int]:
