@@ -142,13 +142,13 @@ def target(args: argparse.Namespace) -> tuple[str, Optional[str]]:
 class View:
     """Where a command's output goes: words and tables for people, or the frames as JSON lines."""
 
-    def __init__(self, json_lines: bool, stdin: TextIO = sys.stdin) -> None:
+    def __init__(self, json_lines: bool, stdin: Optional[TextIO] = None) -> None:
         self.json = json_lines
         self.out = Console(highlight=False, markup=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
         #: Words for people: on stdout, unless stdout carries JSON lines.
         self.words = self.err if json_lines else self.out
-        self.stdin = stdin
+        self.stdin = stdin or sys.stdin
 
     def frame(self, message: Message) -> None:
         if self.json:
@@ -263,7 +263,7 @@ def _state(client: Client, view: View, args: argparse.Namespace) -> int:
         ("flow ml/s", lambda p: f"{p['flow_ml_s']:.2f}"),
         ("start-up s", lambda p: _number(p.get("dead_s"), "{:.3f}")),
         ("points", lambda p: str(_points_count(p["points"])) if p.get("points") is not None else ""),
-        ("level ml", _level),
+        ("level ml", _level_text),
         ("prime ml", lambda p: f"{p['prime_ml']:g}"),
     ]
     # Columns no pump fills (an older server has no names, start-up times or points) are left out.
@@ -332,7 +332,7 @@ def _level(client: Client, view: View, args: argparse.Namespace) -> int:
     reply = client.request("set_level", {"pump": pump, "ml": args.ml})
     view.frame(reply)
     pumps = reply.data.get("pumps") if reply.type == "state" else None
-    view.result(f"pump {pump}: {_level(pumps[pump]) if pumps else f'{args.ml:g}'} ml left")
+    view.result(f"pump {pump}: {_level_text(pumps[pump]) if pumps else f'{args.ml:g}'} ml left")
     return EXIT_OK
 
 
@@ -565,7 +565,7 @@ def _points_count(points: Any) -> int:
     return points if isinstance(points, int) else 0
 
 
-def _level(pump: dict[str, Any]) -> str:
+def _level_text(pump: dict[str, Any]) -> str:
     level, capacity = pump.get("level_ml"), pump.get("capacity_ml")
     if level is None:
         return "not tracked"

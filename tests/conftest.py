@@ -173,6 +173,22 @@ def server(fast_config: Config):
     close_quickly(barmaid)
 
 
+@pytest.fixture
+def start_server(fast_config: Config):
+    """Starts a BarmaidServer like `server`, with other server settings (token, allowed_origins...)."""
+    started: list[BarmaidServer] = []
+
+    def start(**server_settings: Any) -> BarmaidServer:
+        config = fast_config.model_copy(update={"server": fast_config.server.model_copy(update=server_settings)})
+        started.append(BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps])))
+        started[-1].start()
+        return started[-1]
+
+    yield start
+    for barmaid in started:
+        close_quickly(barmaid)
+
+
 def close_quickly(barmaid: BarmaidServer) -> None:
     """server.close(), without waiting out socketserver's 0.5 s poll: a connection wakes it."""
     closer = threading.Thread(target=barmaid.close, name="test-server-close")

@@ -12,14 +12,10 @@ import pytest
 from websocket_server import WebsocketServer
 
 from barmaid.client import CannotConnect, Client, ConnectionLost, Refused
-from barmaid.config import Config
-from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.server import BarmaidServer
 from conftest import FAST_FLOW_ML_S, assert_countdown, close_quickly
 
 TOKEN = "s3cret-party-token"
-#: websocket-server 0.6.4 (the scripted server below) calls Thread.getName().
-pytestmark = pytest.mark.filterwarnings("ignore:getName:DeprecationWarning")
 
 
 def url(server: BarmaidServer) -> str:
@@ -36,23 +32,6 @@ def free_port_url() -> str:
 def client(server: BarmaidServer):
     with Client.connect(url(server)) as connected:
         yield connected
-
-
-@pytest.fixture
-def start(fast_config: Config):
-    """Starts a BarmaidServer with other server settings (token, allowed_origins)."""
-    servers = []
-
-    def start_server(**server_settings: Any) -> BarmaidServer:
-        config = fast_config.model_copy(update={"server": fast_config.server.model_copy(update=server_settings)})
-        server = BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps]))
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        close_quickly(server)
 
 
 # ---- requests and replies -------------------------------------------------------------------
@@ -157,8 +136,8 @@ def test_nothing_listening_is_cannot_connect_naming_the_url():
     assert target in str(failed.value) and "refused" in str(failed.value)
 
 
-def test_the_token_is_presented_once_and_then_pours_are_allowed(start):
-    server = start(token=TOKEN)
+def test_the_token_is_presented_once_and_then_pours_are_allowed(start_server):
+    server = start_server(token=TOKEN)
     with Client.connect(url(server)) as anonymous:
         with pytest.raises(Refused) as refused:
             anonymous.run("refill", {"pump": 0})
@@ -168,15 +147,15 @@ def test_the_token_is_presented_once_and_then_pours_are_allowed(start):
         assert trusted.run("refill", {"pump": 0}).statuses[-1].remaining == 0
 
 
-def test_a_wrong_token_is_refused_at_connect(start):
-    server = start(token=TOKEN)
+def test_a_wrong_token_is_refused_at_connect(start_server):
+    server = start_server(token=TOKEN)
     with pytest.raises(Refused) as refused:
         Client.connect(url(server), token="not-the-token")
     assert "wrong token" in refused.value.msg
 
 
-def test_an_origin_not_allowed_is_cannot_connect_and_the_allowed_one_connects(start):
-    server = start(allowed_origins=("http://kiosk.local",))
+def test_an_origin_not_allowed_is_cannot_connect_and_the_allowed_one_connects(start_server):
+    server = start_server(allowed_origins=("http://kiosk.local",))
     with pytest.raises(CannotConnect) as refused:
         Client.connect(url(server), origin="http://evil.example")
     assert "403" in str(refused.value) and "--origin" in str(refused.value)
@@ -195,7 +174,8 @@ class Scripted:
         self.requests: list[dict[str, Any]] = []
         self.server = WebsocketServer(host="127.0.0.1", port=0)
         self.server.set_fn_message_received(self._on_message)
-        self.server.run_forever(threaded=True)
+        # Its own serve_forever polls every 0.5 s: every close would wait for it.
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
         self.answer = answer
         self.url = f"ws://127.0.0.1:{self.server.port}/"
 
@@ -206,7 +186,8 @@ class Scripted:
             server.send_message(peer, json.dumps(frame))
 
     def close(self) -> None:
-        self.server.shutdown_gracefully()
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture
