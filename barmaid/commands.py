@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         view.fail(str(exc))
         return EXIT_USAGE
     except CannotConnect as exc:
-        view.fail(f"{exc}\n  is barmaid running? start it with `barmaid serve`, or point --url or --config at it")
+        view.fail(cannot_connect_text(exc))
         return EXIT_CONNECT
     except Refused as exc:
         view.fail(exc.msg)
@@ -113,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONNECT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def cannot_connect_text(exc: CannotConnect) -> str:
+    """What failed, and what to do about it."""
+    return f"{exc}\n  is barmaid running? start it with `barmaid serve`, or point --url or --config at it"
 
 
 def target(args: argparse.Namespace) -> tuple[str, Optional[str]]:

@@ -174,7 +174,7 @@ def server(fast_config: Config):
 
 
 @pytest.fixture
-def start_server(fast_config: Config):
+def server_with(fast_config: Config):
     """Starts a BarmaidServer like `server`, with other server settings (token, allowed_origins...)."""
     started: list[BarmaidServer] = []
 

@@ -136,8 +136,8 @@ def test_nothing_listening_is_cannot_connect_naming_the_url():
     assert target in str(failed.value) and "refused" in str(failed.value)
 
 
-def test_the_token_is_presented_once_and_then_pours_are_allowed(start_server):
-    server = start_server(token=TOKEN)
+def test_the_token_is_presented_once_and_then_pours_are_allowed(server_with):
+    server = server_with(token=TOKEN)
     with Client.connect(url(server)) as anonymous:
         with pytest.raises(Refused) as refused:
             anonymous.run("refill", {"pump": 0})
@@ -147,15 +147,15 @@ def test_the_token_is_presented_once_and_then_pours_are_allowed(start_server):
         assert trusted.run("refill", {"pump": 0}).statuses[-1].remaining == 0
 
 
-def test_a_wrong_token_is_refused_at_connect(start_server):
-    server = start_server(token=TOKEN)
+def test_a_wrong_token_is_refused_at_connect(server_with):
+    server = server_with(token=TOKEN)
     with pytest.raises(Refused) as refused:
         Client.connect(url(server), token="not-the-token")
     assert "wrong token" in refused.value.msg
 
 
-def test_an_origin_not_allowed_is_cannot_connect_and_the_allowed_one_connects(start_server):
-    server = start_server(allowed_origins=("http://kiosk.local",))
+def test_an_origin_not_allowed_is_cannot_connect_and_the_allowed_one_connects(server_with):
+    server = server_with(allowed_origins=("http://kiosk.local",))
     with pytest.raises(CannotConnect) as refused:
         Client.connect(url(server), origin="http://evil.example")
     assert "403" in str(refused.value) and "--origin" in str(refused.value)

@@ -239,15 +239,15 @@ def test_the_wizard_stops_when_standard_input_ends(server, cli):
 # ---- where to connect, and exit statuses ----------------------------------------------------
 
 
-def test_config_gives_the_url_and_the_token(start_server, write_config, cli):
-    server = start_server(token=TOKEN)
+def test_config_gives_the_url_and_the_token(server_with, write_config, cli):
+    server = server_with(token=TOKEN)
     config = write_config({"server": {"host": "0.0.0.0", "port": server.port, "token": TOKEN}})
     result = cli("refill", "0", "--config", str(config))
     assert result.returncode == 0, result.stderr
 
 
-def test_a_refused_pour_exits_1_with_the_servers_message_on_stderr(start_server):
-    server = start_server(token=TOKEN)
+def test_a_refused_pour_exits_1_with_the_servers_message_on_stderr(server_with):
+    server = server_with(token=TOKEN)
     result = barmaid("refill", "0", "--url", url(server))
     assert result.returncode == 1
     assert "needs its token" in result.stderr and result.stdout == ""
