@@ -256,11 +256,7 @@ def _state(client: Client, view: View, args: argparse.Namespace) -> int:
     view.frame(reply)
     state = reply.data
     running = f", {state['action']} with {state['remaining_time']} s left" if state.get("action") else ""
-    hardware = state.get("hardware")
-    if isinstance(hardware, dict):
-        hardware = "reachable" if hardware.get("reachable", hardware.get("ok")) else "unreachable"
-    hardware_text = f"; pump hardware {hardware}" if isinstance(hardware, str) else ""
-    view.result(f"barmaid at {client.url}: {state['state']}{running}{hardware_text}")
+    view.result(f"barmaid at {client.url}: {state['state']}{running}{_hardware_text(state.get('hardware'))}")
     pumps = state["pumps"]
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("pump", lambda p: str(p["pump"])),
@@ -562,6 +558,16 @@ def _fit_text(pump: dict[str, Any]) -> str:
     if pump.get("points") is not None:
         parts.append(f"{_points_count(pump['points'])} point(s)")
     return ", ".join(parts)
+
+
+def _hardware_text(hardware: Any) -> str:
+    """The state's `hardware` (a flag, a word, or an object saying whether it is reachable); older
+    servers send none."""
+    if isinstance(hardware, dict):
+        hardware = hardware.get("reachable", hardware.get("ok", hardware.get("state")))
+    if isinstance(hardware, bool):
+        hardware = "reachable" if hardware else "unreachable"
+    return f"; pump hardware {hardware}" if isinstance(hardware, str) else ""
 
 
 def _points_count(points: Any) -> int:
