@@ -386,6 +386,7 @@ def follow(client: Client, view: View, kind: str, data: dict[str, Any]) -> Optio
     except KeyboardInterrupt:
         if action is None:
             raise
+        action.wait_started()  # Refused (busy): the pour running is someone else's, left alone
         view.say(f"Ctrl-C: stopping the {kind}")
         stopped = client.stop()
         view.frame(stopped)

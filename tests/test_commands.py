@@ -251,7 +251,11 @@ def test_a_refused_pour_exits_1_with_the_servers_message_on_stderr(server_with):
     result = barmaid("refill", "0", "--url", url(server))
     assert result.returncode == 1
     assert "needs its token" in result.stderr and result.stdout == ""
-    assert barmaid("blend", "--cup", "2", "0=1", "--url", url(server), "--token", TOKEN).returncode == 1
+
+
+def test_a_pour_the_server_refuses_exits_1(server, cli):
+    result = cli("blend", "--cup", "2", "0=1", "--url", url(server))
+    assert result.returncode == 1 and "cup_size must be > 0 and <= 1.0 litres" in result.stderr
 
 
 def free_port() -> int:
