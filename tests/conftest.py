@@ -189,6 +189,31 @@ def server_with(fast_config: Config):
         close_quickly(barmaid)
 
 
+class Ran(NamedTuple):
+    """What a command-line entry point did: its exit status and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def line(self, start: str) -> str:
+        """The one stdout line that starts with `start`."""
+        [found] = [line for line in self.stdout.splitlines() if line.startswith(start)]
+        return found
+
+
+def run_main(main: Callable[[list[str]], int], args: list[str], capsys: pytest.CaptureFixture[str]) -> Ran:
+    """Calls a `main(argv)` in this process (no interpreter start-up) and captures what it printed;
+    argparse's exit on a bad command line counts as its exit status."""
+    capsys.readouterr()
+    try:
+        status = main(args)
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return Ran(status, out, err)
+
+
 def close_quickly(barmaid: BarmaidServer) -> None:
     """server.close(), without waiting out socketserver's 0.5 s poll: a connection wakes it."""
     closer = threading.Thread(target=barmaid.close, name="test-server-close")

@@ -66,7 +66,7 @@ def test_busy_is_told_apart_with_the_seconds_to_retry_in(client):
     long.wait_started()
     with pytest.raises(Refused) as refused:
         client.run("blend", {"cup_size": 0.02, "ratios": {"1": 1}})
-    assert refused.value.code == "busy" and refused.value.retry_in in (29, 30)
+    assert refused.value.code == "busy" and 20 <= refused.value.retry_in <= 30
     assert client.stop().data["action"] == "clean"
     assert long.follow().remaining == 0
 

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable
 
 import pytest
 
@@ -24,7 +24,7 @@ from barmaid.cli import main
 from barmaid.client import Client
 from barmaid.protocol import REQUESTS
 from barmaid.server import BarmaidServer
-from conftest import FAST_FLOW_ML_S, assert_countdown, is_final_status
+from conftest import FAST_FLOW_ML_S, Ran, assert_countdown, is_final_status, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A command connects, asks and exits in well under a second; this only bounds a hang.
@@ -61,25 +61,13 @@ def last_pour(server: BarmaidServer) -> dict[str, Any]:
         return client.history(limit=1)[0]
 
 
-class Ran(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """Runs `barmaid ARGS` in this process (stdin given as text); returns status and output."""
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Ran]:
+    """Runs `barmaid ARGS` in this process, with `stdin` as standard input."""
 
     def run(*args: str, stdin: str = "") -> Ran:
         monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-        capsys.readouterr()
-        try:
-            status = main(list(args))
-        except SystemExit as exc:  # argparse: usage errors
-            status = exc.code
-        out, err = capsys.readouterr()
-        return Ran(status, out, err)
+        return run_main(main, list(args), capsys)
 
     return run
 
