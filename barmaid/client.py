@@ -10,8 +10,9 @@ request is answered with (`state` -> `state`, `stop` -> `stopped`, ...). Either 
 answers nothing the caller asked (a pushed `state`, another client's statuses) waits in the inbox
 for `messages()`.
 
-A blocking action (blend, refill, prime, calibrate, clean) is acknowledged by `started` or by its
-first status, whichever comes first, then followed through its statuses to the final status 0.
+A blocking action (blend, refill, prime, calibrate, clean) is acknowledged by `started` (or an
+error) carrying its id, or, from an older server, by its first status; then it is followed through
+its statuses to the final status 0.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ DEFAULT_URL = "ws://localhost:8765"
 DEFAULT_TIMEOUT = 5.0
 #: Longest silence while an action runs: a status comes every server.status_interval (60 s at most).
 STATUS_SILENCE = 90.0
-#: The blocking actions: answered by `started` or a first status, then statuses until 0.
+#: The blocking actions: acknowledged, then statuses until 0.
 ACTIONS = ("blend", "refill", "prime", "calibrate", "clean")
 #: The reply type an older server (no ids) answers each request with.
 _ANSWERS = {
@@ -222,9 +223,9 @@ class Action:
             return False
         if message.id is not None:
             return message.id == self.id
-        if message.type == "error":
-            return not self.client.echoes_ids
-        return self._opens_series(message)
+        if self.client.echoes_ids:  # only `started` or an error with our id: a status may be another's
+            return False
+        return message.type == "error" or self._opens_series(message)
 
     def _begin_series(self, first: Message) -> None:
         self._series_begun = True
