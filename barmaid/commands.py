@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -51,9 +52,9 @@ class Abandoned(Exception):
 def add_commands(subparsers: Any) -> None:
     """Adds the client subcommands to the `barmaid` parser."""
     common = argparse.ArgumentParser(add_help=False)
-    where = common.add_argument_group("connection")
+    where = common.add_argument_group("connection and output")
     where.add_argument("--url", help=f"barmaid's WebSocket (default {DEFAULT_URL}, or the one --config names)")
-    where.add_argument("--token", help="server.token, if the machine has one")
+    where.add_argument("--token", help="server.token, if the machine has one (or set $BARMAID_TOKEN)")
     where.add_argument("--config", type=Path, help="a barmaid config: the URL and token from its server section")
     where.add_argument("--origin", help="the Origin header to send (when server.allowed_origins is set)")
     where.add_argument("--json", action="store_true", help="print the server's frames as JSON lines, for scripts")
@@ -121,12 +122,13 @@ def cannot_connect_text(exc: CannotConnect) -> str:
 
 
 def target(args: argparse.Namespace) -> tuple[str, Optional[str]]:
-    """The URL and token: the flags, else the config's server section, else the defaults.
+    """The URL and token: the flags ($BARMAID_TOKEN for the token, kept out of `ps`), else the
+    config's server section, else the defaults.
 
     Raises:
         UsageError: a URL that is not ws:// or wss://, or a config that cannot be read.
     """
-    url, token = args.url, args.token
+    url, token = args.url, args.token or os.environ.get("BARMAID_TOKEN") or None
     if args.config is not None:
         try:
             server = load_config(args.config).server

@@ -234,6 +234,12 @@ def test_config_gives_the_url_and_the_token(server_with, write_config, cli):
     assert result.returncode == 0, result.stderr
 
 
+def test_the_token_can_come_from_the_environment(server_with, cli, monkeypatch):
+    server = server_with(token=TOKEN)
+    monkeypatch.setenv("BARMAID_TOKEN", TOKEN)
+    assert cli("refill", "0", "--url", url(server)).returncode == 0
+
+
 def test_a_refused_pour_exits_1_with_the_servers_message_on_stderr(server_with):
     server = server_with(token=TOKEN)
     result = barmaid("refill", "0", "--url", url(server))
