@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -386,16 +387,18 @@ class Client:
             yield message
 
     def close(self) -> None:
+        """Says goodbye (a close frame, which the reader thread sees answered) and drops the socket."""
         with self._cond:
             if self._closed is None:
                 self._closed = "closed by this client"
             self._cond.notify_all()
         try:
-            self._ws.close(timeout=1)
+            self._ws.send_close()  # not ws.close(): it would read the answer beside the reader thread
         except (OSError, websocket.WebSocketException):
             pass
         if threading.current_thread() is not self._reader:
-            self._reader.join(2)
+            self._reader.join(1)
+        self._ws.shutdown()
 
     # ---- inside -----------------------------------------------------------------------
 
@@ -441,10 +444,12 @@ class Client:
         reason = "the server closed it"
         try:
             while True:
-                text = self._ws.recv()
-                if not text:
+                opcode, payload = self._ws.recv_data()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    reason = _close_reason(payload)
                     break
-                self._deliver(text if isinstance(text, str) else text.decode("utf-8", "replace"))
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    self._deliver(payload.decode("utf-8", "replace"))
         except (OSError, websocket.WebSocketException) as exc:
             reason = _reason(exc)
         with self._cond:
@@ -466,6 +471,15 @@ class Client:
                 self._echoes_ids = True
             self._inbox.append(Message(message["type"], message.get("data"), request_id, text, self._seq))
             self._cond.notify_all()
+
+
+def _close_reason(payload: bytes) -> str:
+    """The server's close frame in words: its code and reason (1013: too many clients...)."""
+    if len(payload) < 2:
+        return "the server closed it"
+    code = struct.unpack("!H", payload[:2])[0]
+    text = payload[2:].decode("utf-8", "replace")
+    return f"the server closed it (close {code}{': ' + text if text else ''})"
 
 
 def _reason(exc: BaseException) -> str:

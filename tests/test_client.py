@@ -136,6 +136,14 @@ def test_nothing_listening_is_cannot_connect_naming_the_url():
     assert target in str(failed.value) and "refused" in str(failed.value)
 
 
+def test_a_server_with_no_room_is_cannot_connect_with_its_reason(server_with):
+    server = server_with(max_clients=1)
+    with Client.connect(url(server)):
+        with pytest.raises(CannotConnect) as refused:
+            Client.connect(url(server))
+    assert "close 1013" in str(refused.value) and "too many clients" in str(refused.value)
+
+
 def test_the_token_is_presented_once_and_then_pours_are_allowed(server_with):
     server = server_with(token=TOKEN)
     with Client.connect(url(server)) as anonymous:
