@@ -4,8 +4,10 @@ speaks the protocol with request ids (replies out of order, pushes of the same t
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -32,6 +34,13 @@ def free_port_url() -> str:
 def client(server: BarmaidServer):
     with Client.connect(url(server)) as connected:
         yield connected
+
+
+def test_the_client_comes_with_barmaid_itself_not_with_the_test_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text("utf-8"))["project"]
+    names = {re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
+    assert {"websocket-client", "rich"} <= names
 
 
 # ---- requests and replies -------------------------------------------------------------------
