@@ -54,6 +54,18 @@ _BUSY = re.compile(r"Already \w+ ! Retry in (\d+) sec")
 RequestId = Union[int, str]
 
 
+class _Socket(websocket.WebSocket):
+    """websocket-client's socket, which answers a server's close frame before handing it over: when
+    the server has already gone (a refusal such as 1013), that answer fails and the reason the
+    server gave would be lost with it."""
+
+    def send_close(self, status: int = websocket.STATUS_NORMAL, reason: Union[str, bytes] = b"") -> None:
+        try:
+            super().send_close(status, reason)
+        except (OSError, websocket.WebSocketException):
+            pass
+
+
 class ClientError(Exception):
     """Base of what the client raises."""
 
@@ -279,7 +291,7 @@ class Client:
             Refused: the token is wrong (code token).
         """
         try:
-            ws = websocket.create_connection(url, timeout=timeout, origin=origin)
+            ws = websocket.create_connection(url, timeout=timeout, origin=origin, class_=_Socket)
         except websocket.WebSocketBadStatusException as exc:
             reason = f"the server refused the handshake (HTTP {exc.status_code})"
             if exc.status_code == 403:
@@ -422,7 +434,10 @@ class Client:
         try:
             self._ws.send(json.dumps(message))
         except (OSError, websocket.WebSocketException) as exc:
-            raise ConnectionLost(f"lost the connection to {self.url}: {_reason(exc)}") from None
+            self._reader.join(self.timeout)  # it may have the server's close frame, with the reason
+            with self._cond:
+                reason = self._closed or _reason(exc)
+            raise ConnectionLost(f"lost the connection to {self.url}: {reason}") from None
         return request_id, mark
 
     def _take(self, accept: Callable[[Message], bool], timeout: Optional[float]) -> Message:

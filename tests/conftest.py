@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import websocket
 import yaml
+from websocket_server import WebsocketServer
 
 from barmaid.config import DEFAULT_GPIOS, Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
@@ -212,6 +213,44 @@ def run_main(main: Callable[[list[str]], int], args: list[str], capsys: pytest.C
         status = exc.code
     out, err = capsys.readouterr()
     return Ran(status, out, err)
+
+
+class Scripted:
+    """A WebSocket server whose answers are written by the test, to speak protocol extensions
+    barmaid may not have yet: `answer(request)` returns the frames (dicts) to send back, in order."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answer = answer
+        self.server = WebsocketServer(host="127.0.0.1", port=0)
+        self.server.set_fn_message_received(self._on_message)
+        # Its own run_forever polls every 0.5 s: every close would wait for it.
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        self.url = f"ws://127.0.0.1:{self.server.port}/"
+
+    def _on_message(self, peer: dict, server: WebsocketServer, text: str) -> None:
+        request = json.loads(text)
+        self.requests.append(request)
+        for frame in self.answer(request):
+            server.send_message(peer, json.dumps(frame))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    """Starts Scripted servers; closes them at teardown."""
+    made: list[Scripted] = []
+
+    def make(answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> Scripted:
+        made.append(Scripted(answer))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
 
 
 def close_quickly(barmaid: BarmaidServer) -> None:

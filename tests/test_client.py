@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from websocket_server import WebsocketServer
 
 from barmaid.client import CannotConnect, Client, ConnectionLost, Refused
 from barmaid.server import BarmaidServer
@@ -181,43 +180,6 @@ def test_an_origin_not_allowed_is_cannot_connect_and_the_allowed_one_connects(se
 
 
 # ---- a server that copies request ids (the protocol's extension) ---------------------------
-
-
-class Scripted:
-    """A WebSocket server whose answer to each request is written by the test: `answer(request)`
-    returns the frames to send (dicts), in order."""
-
-    def __init__(self, answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.server = WebsocketServer(host="127.0.0.1", port=0)
-        self.server.set_fn_message_received(self._on_message)
-        # Its own serve_forever polls every 0.5 s: every close would wait for it.
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        self.answer = answer
-        self.url = f"ws://127.0.0.1:{self.server.port}/"
-
-    def _on_message(self, peer: dict, server: WebsocketServer, text: str) -> None:
-        request = json.loads(text)
-        self.requests.append(request)
-        for frame in self.answer(request):
-            server.send_message(peer, json.dumps(frame))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def scripted():
-    made: list[Scripted] = []
-
-    def make(answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> Scripted:
-        made.append(Scripted(answer))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
 
 
 def _with_ids(request: dict[str, Any]) -> list[dict[str, Any]]:
