@@ -213,6 +213,56 @@ def test_the_calibration_wizard_primes_runs_twice_shows_the_fit_and_checks(serve
     assert actions[0] in ("prime", "refill") and actions[1:] == ["calibrate", "calibrate", "blend"]
 
 
+class TwoPointServer:
+    """Answers like a server with two-point calibration: ids, `started`, outcomes, and pumps with
+    start-up times and points (with residuals) in its state."""
+
+    def __init__(self) -> None:
+        self.points: list[dict[str, float]] = [{"seconds": 5.0, "ml": 90.0, "residual_ml": 0.0}]
+        self.last_run = 0.0
+
+    def pump(self) -> dict[str, Any]:
+        fitted = len(self.points) >= 2
+        return {
+            "pump": 0, "name": "gin", "flow_ml_s": 20.0, "prime_ml": 8.0, "level_ml": None,
+            "capacity_ml": None, "dead_s": 0.25 if fitted else 0.0, "points": self.points,
+        }
+
+    def answer(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        rid, kind, data = request["id"], request["type"], request.get("data") or {}
+        state = {"type": "state", "id": rid, "data": {"state": "idle", "remaining_time": 0, "pumps": [self.pump()]}}
+        if kind == "hello":
+            return [{"type": "welcome", "id": rid, "data": {"protocol": 2}}]
+        if kind == "reset_calibration":
+            self.points = []
+            return [state]
+        if kind == "set_flow":
+            self.points.append({"seconds": self.last_run, "ml": data["ml"], "residual_ml": 0.1 * (-1) ** len(self.points)})
+            return [state]
+        if kind in ("prime", "calibrate", "blend"):
+            self.last_run = data.get("seconds", self.last_run)
+            status = {"action": kind, "initial_time": 1}
+            return [
+                {"type": "status", "data": {"remaining_time": 1, **status}},
+                {"type": "started", "id": rid, "data": {"action": kind}},
+                {"type": "status", "data": {"remaining_time": 0, "outcome": "completed", **status}},
+            ]
+        return [state]
+
+
+def test_the_wizard_starts_over_and_shows_the_fit_and_residuals_the_server_keeps(scripted, cli):
+    server = scripted(TwoPointServer().answer)
+    result = cli("calibrate", "gin", "--url", server.url, stdin="y\ny\n2\n40\n8\n160\nn\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Calibrating pump 0 (gin): now flow 20.00 ml/s, start-up time 0.000 s, 1 point(s)." in result.stdout
+    assert "Fit: flow 20.00 ml/s, start-up time 0.250 s, 2 point(s)." in result.stdout
+    assert "+0.10" in result.stdout and "-0.10" in result.stdout  # each point's residual
+    sent = [request["type"] for request in server.requests]
+    assert sent[sent.index("reset_calibration"):] == [
+        "reset_calibration", "prime", "calibrate", "set_flow", "calibrate", "set_flow", "state",
+    ]
+
+
 def test_the_wizard_asks_again_for_a_second_run_as_long_as_the_first(server, cli):
     result = cli("calibrate", "0", "--url", url(server), stdin="n\n0.1\n40\n0.1\n0.3\n120\nn\n")
     assert result.returncode == 0, result.stdout + result.stderr
