@@ -287,7 +287,8 @@ class Client:
             origin: the Origin header; None sends websocket-client's own (http://host:port).
 
         Raises:
-            CannotConnect: nothing listens, the handshake was refused or the server closed at once.
+            CannotConnect: nothing listens, the handshake was refused, or the server closed at once
+                or did not answer the hello.
             Refused: the token is wrong (code token).
         """
         try:
@@ -303,9 +304,9 @@ class Client:
         client = cls(ws, url, timeout)
         try:
             client.welcome = client._hello(token)
-        except ConnectionLost as exc:
+        except (ConnectionLost, NoReply) as exc:
             client.close()
-            raise CannotConnect(url, str(exc)) from None
+            raise CannotConnect(url, f"{exc}; is barmaid serving there?") from None
         except BaseException:
             client.close()
             raise

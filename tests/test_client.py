@@ -214,6 +214,12 @@ def test_with_ids_the_reply_carrying_the_requests_id_wins_over_a_push_of_the_sam
     assert len({request["id"] for request in server.requests}) == len(server.requests)
 
 
+def test_a_server_that_never_answers_is_cannot_connect_not_a_hang(scripted):
+    with pytest.raises(CannotConnect) as silent:
+        Client.connect(scripted(lambda request: []).url, timeout=0.3)
+    assert "no answer" in str(silent.value) and "is barmaid serving there?" in str(silent.value)
+
+
 def test_with_codes_the_error_carries_code_and_retry_in(scripted):
     with Client.connect(scripted(_with_ids).url) as client:
         with pytest.raises(Refused) as refused:
