@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from . import commands as client_commands
 from .config import load_config
 from .drivers import make_driver
 from .errors import BarmaidError, ConfigError, StoreError
@@ -55,11 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     diagram = commands.add_parser("diagram", help="print the state diagram drawn from states.yaml")
     diagram.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     diagram.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    client_commands.add_commands(commands)  # state, watch, blend, ...: a client of a running barmaid
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if hasattr(args, "client_command"):
+        return client_commands.run(args)
     try:
         if args.command == "diagram":
             return _diagram(args)

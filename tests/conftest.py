@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import websocket
 import yaml
+from websocket_server import WebsocketServer
 
 from barmaid.config import DEFAULT_GPIOS, Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
@@ -171,6 +172,85 @@ def server(fast_config: Config):
     barmaid.start()
     yield barmaid
     close_quickly(barmaid)
+
+
+@pytest.fixture
+def server_with(fast_config: Config):
+    """Starts a BarmaidServer like `server`, with other server settings (token, allowed_origins...)."""
+    started: list[BarmaidServer] = []
+
+    def start(**server_settings: Any) -> BarmaidServer:
+        config = fast_config.model_copy(update={"server": fast_config.server.model_copy(update=server_settings)})
+        started.append(BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps])))
+        started[-1].start()
+        return started[-1]
+
+    yield start
+    for barmaid in started:
+        close_quickly(barmaid)
+
+
+class Ran(NamedTuple):
+    """What a command-line entry point did: its exit status and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def line(self, start: str) -> str:
+        """The one stdout line that starts with `start`."""
+        [found] = [line for line in self.stdout.splitlines() if line.startswith(start)]
+        return found
+
+
+def run_main(main: Callable[[list[str]], int], args: list[str], capsys: pytest.CaptureFixture[str]) -> Ran:
+    """Calls a `main(argv)` in this process (no interpreter start-up) and captures what it printed;
+    argparse's exit on a bad command line counts as its exit status."""
+    capsys.readouterr()
+    try:
+        status = main(args)
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return Ran(status, out, err)
+
+
+class Scripted:
+    """A WebSocket server whose answers are written by the test, to speak protocol extensions
+    barmaid may not have yet: `answer(request)` returns the frames (dicts) to send back, in order."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answer = answer
+        self.server = WebsocketServer(host="127.0.0.1", port=0)
+        self.server.set_fn_message_received(self._on_message)
+        # Its own run_forever polls every 0.5 s: every close would wait for it.
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        self.url = f"ws://127.0.0.1:{self.server.port}/"
+
+    def _on_message(self, peer: dict, server: WebsocketServer, text: str) -> None:
+        request = json.loads(text)
+        self.requests.append(request)
+        for frame in self.answer(request):
+            server.send_message(peer, json.dumps(frame))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    """Starts Scripted servers; closes them at teardown."""
+    made: list[Scripted] = []
+
+    def make(answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> Scripted:
+        made.append(Scripted(answer))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
 
 
 def close_quickly(barmaid: BarmaidServer) -> None:

@@ -391,46 +391,6 @@ def test_sigkill_mid_pour_cannot_stretch_it_the_daemon_stops_the_pumps_on_time(d
         process.wait()
 
 
-@pytest.fixture
-def sim_process(write_config):
-    """A barmaid process with fast simulated pumps; yields (config path, url)."""
-    config = load_config(write_config({"server": {"host": "127.0.0.1", "port": free_port()}, "pumps": fast_pumps()}))
-    path = write_config(config.model_dump(mode="json"), name="smoke.yaml")
-    process = start_process(path)
-    yield path, f"ws://127.0.0.1:{config.server.port}"
-    process.terminate()
-    process.wait(5)
-
-
-def smoke_test(config_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    script = ROOT / "scripts" / "smoke_test.py"
-    command = [sys.executable, str(script), "--yes", "--config", str(config_path), "--url", url, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30)
-
-
-def test_the_smoke_test_script_passes_against_a_simulated_server(sim_process):
-    result = smoke_test(*sim_process, "--ml", "20", "--pumps", "0,3,7")
-    assert result.returncode == 0, result.stdout + result.stderr
-    table = result.stdout.splitlines()
-    assert table[0].split()[:3] == ["what", "expected", "s"]
-    assert [line.split()[:4] for line in table[1:6]] == [
-        ["echo", "0.000"] + table[1].split()[2:4],
-        ["pump", "0", "0.050", table[2].split()[3]],
-        ["pump", "3", "0.050", table[3].split()[3]],
-        ["pump", "7", "0.050", table[4].split()[3]],
-        ["pump", "0", "+", "pump"],
-    ]
-    assert table[-1] == "5 passed, 0 failed"
-
-
-def test_the_smoke_test_script_fails_when_a_pour_is_refused(sim_process):
-    # 2 l is over limits.max_cup_size: the server refuses, and the script must say so.
-    result = smoke_test(*sim_process, "--ml", "2000", "--pumps", "1")
-    assert result.returncode == 1
-    assert "cup_size" in result.stdout
-    assert result.stdout.splitlines()[-1] == "1 passed, 1 failed"
-
-
 def test_long_delays_are_split_so_dma_never_times_one_longer_than_a_minute(daemon):
     driver = PigpioDriver(DEFAULT_GPIOS, 1800, DriverConfig(host="127.0.0.1", port=daemon.port))
     try:
