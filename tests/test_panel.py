@@ -256,7 +256,8 @@ def test_prime_fills_the_tube_or_says_this_server_has_none(open_panel, barmaid: 
         prime.click()
         tab(page, "History")
         expect_text(page, "history", r"prime.*completed")
-        expect_text(page, "level-1", r"^300 of 700 ml$")  # priming leaves the bottle's level alone
+        # Priming keeps the bottle (no reset to full) but takes what it drew off its level.
+        expect_text(page, "level-1", rf"^{300 - PRIME_ML:.0f} of 700 ml$")
     else:  # an older barmaid: the panel found out when it connected, and offers Refill instead
         page.wait_for_function("() => document.querySelector(\"[data-testid='prime-1']\").disabled")
         assert "Refill" in prime.get_attribute("title")
@@ -299,8 +300,8 @@ def test_calibration_wizard_runs_twice_sets_the_flow_and_shows_the_fit(open_pane
     page.get_by_test_id("cal-save2").click()
     # 20 ml in 0.2 s and 44 ml in 0.4 s: 120 ml/s after a start-up of 0.2 - 20/120 = 0.03 s.
     expect_text(page, "cal-line", r"120\.0 ml/s, start-up 0\.03 s")
-    assert eventually(lambda: barmaid.controller.flows[3] != FLOW_ML_S)
-    expect_text(page, "flow-3", rf"^{barmaid.controller.flows[3]:.1f} ml/s$")
+    assert eventually(lambda: barmaid.controller.pumps[3].flow_ml_s != FLOW_ML_S)
+    expect_text(page, "flow-3", rf"^{barmaid.controller.pumps[3].flow_ml_s:.1f} ml/s$")
     assert page.locator("[data-testid='cal-fit'] circle").count() == 2
 
 
