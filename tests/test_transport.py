@@ -1,7 +1,7 @@
-"""Issue 5, section 1: the transport's hardening, one test per gap of websocket-server 0.6.4.
+"""The transport's hardening, one test per gap of websocket-server 0.6.4 (docs/dependencies.md).
 
 Raw sockets on loopback, where a WebSocket client library would hide the problem; each test's
-docstring says what the bare library does wrong (../shared/DEPENDENCIES.md, W2-W10).
+docstring says what the bare library does wrong. Frames are built and read with barmaid.frames.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import time
 from base64 import b64encode
 from hashlib import sha1
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
 from barmaid import server as server_module
-from barmaid import transport
+from barmaid import frames, transport
 from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.frames import Frame, Opcode
 from barmaid.server import BarmaidServer
 from barmaid.transport import Transport
 from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, eventually, is_final_status, status_times
@@ -32,7 +33,9 @@ from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, eventually, 
 # An exception that escapes a server thread is a failure here, not a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
-CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = (
+    Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE, Opcode.PING, Opcode.PONG
+)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: The echo payload of the big-frame tests: under max_message_bytes (64 KiB) once framed as JSON.
 BIG = "x" * 60_000
@@ -41,40 +44,13 @@ BIG = "x" * 60_000
 # ---- a WebSocket client by hand ----------------------------------------------------------
 
 
-def xor(key: bytes, data: bytes) -> bytes:
-    """RFC 6455 masking (one big-integer XOR: a flood of 60 KB frames stays cheap)."""
-    n = len(data)
-    repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
-
-
-def frame_bytes(
-    opcode: int, payload: bytes = b"", fin: bool = True, masked: bool = True, length: Optional[int] = None, rsv: int = 0
-) -> bytes:
-    """A client frame as RFC 6455 lays it out; `length` announces a size other than the payload's."""
-    n = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | rsv | opcode
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        header = struct.pack("!BB", first, mask_bit | n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", first, mask_bit | 126, n)
-    else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, n)
-    if not masked:
-        return header + payload
-    key = os.urandom(4)
-    return header + key + xor(key, payload)
+def frame_bytes(opcode: int, payload: bytes = b"", fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+    """A client frame, masked with a fresh key unless told otherwise."""
+    return frames.encode(opcode, payload, fin, os.urandom(4) if masked else None, rsv)
 
 
 def text_frame(message: Any) -> bytes:
     return frame_bytes(TEXT, json.dumps(message).encode())
-
-
-class Frame(NamedTuple):
-    fin: bool
-    opcode: int
-    payload: bytes
 
 
 class RawClient:
@@ -116,14 +92,9 @@ class RawClient:
         self.sock.sendall(text_frame(message))
 
     def recv_frame(self) -> Frame:
-        b1, b2 = self._take(2)
-        assert not b2 & 0x80, "a server must not mask its frames"
-        n = b2 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", self._take(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", self._take(8))
-        return Frame(bool(b1 & 0x80), b1 & 0x0F, self._take(n))
+        header = frames.read_header(self._take)
+        assert header.mask is None, "a server must not mask its frames"
+        return Frame(header.opcode, frames.read_payload(self._take, header), header.fin)
 
     def recv_json(self) -> Any:
         frame = self.recv_frame()
@@ -148,7 +119,8 @@ class RawClient:
         frame = self.recv_frame()
         assert frame.opcode == CLOSE, f"expected a close frame, got {frame}"
         assert self.expect_eof() == b"", "data after the close frame"
-        return struct.unpack("!H", frame.payload[:2])[0]
+        code, _ = frames.parse_close(frame.payload)
+        return code
 
     def expect_eof(self) -> bytes:
         """Everything the server sends until it ends the connection (FIN, or a reset after it)."""
@@ -285,7 +257,7 @@ def test_a_frame_over_max_message_bytes_is_refused_with_1009_before_its_payload_
     assert bystander.echo() == []
     memory_before, started = rss_bytes(), time.monotonic()
     client = raw(server.port)
-    client.send_frame(TEXT, b"", length=length)  # header and mask: the payload never comes
+    client.sock.sendall(frames.encode_header(TEXT, length, mask=os.urandom(4)))  # the payload never comes
     assert client.expect_close() == 1009
     assert time.monotonic() - started < 1.0
     assert rss_bytes() - memory_before < 10 * 2**20
@@ -419,8 +391,9 @@ def test_handshake_junk_is_closed_with_one_log_line_and_no_traceback(server, raw
     [
         pytest.param(frame_bytes(TEXT, b'{"type": "echo", "data": "\xff\xfe"}'), 1007, id="invalid-utf8"),
         pytest.param(frame_bytes(BINARY, b"\x00\x81\x82"), 1003, id="binary"),
-        pytest.param(frame_bytes(CONTINUATION, b"more"), 1003, id="continuation"),
-        pytest.param(frame_bytes(TEXT, b'{"type": "ec', fin=False), 1003, id="fragmented-text"),
+        pytest.param(frame_bytes(CONTINUATION, b"more"), 1002, id="continuation-without-a-start"),
+        pytest.param(frame_bytes(TEXT, b'{"type": "ec', fin=False) + frame_bytes(TEXT, b"x"), 1002, id="text-in-text"),
+        pytest.param(frame_bytes(BINARY, b"\x00", fin=False), 1003, id="fragmented-binary"),
         pytest.param(frame_bytes(TEXT, b'{"type": "echo"}', masked=False), 1002, id="unmasked"),
         pytest.param(frame_bytes(0x3, b"?"), 1002, id="reserved-opcode"),
         pytest.param(frame_bytes(TEXT, b'{"type": "echo"}', rsv=0x40), 1002, id="rsv1-without-extension"),
@@ -444,14 +417,14 @@ def test_ping_is_answered_with_a_pong_of_the_same_payload(server, raw):
     """The library decodes the ping payload as UTF-8 (binary payloads raise) and pongs it re-encoded."""
     client = raw(server.port)
     client.send_frame(PING, b"\xff\x00 ping \x80")
-    assert client.recv_frame() == Frame(True, PONG, b"\xff\x00 ping \x80")
+    assert client.recv_frame() == Frame(PONG, b"\xff\x00 ping \x80")
     assert client.echo() == []
 
 
 def test_close_is_answered_with_a_close(server, raw):
     """The library drops the connection on a close frame without answering it."""
     client = raw(server.port)
-    client.send_frame(CLOSE, struct.pack("!H", 1000) + b"bye")
+    client.send_frame(CLOSE, frames.close_payload(1000) + b"bye")
     assert client.expect_close() == 1000
     wait_until(lambda: server.transport.clients() == [], "the client gone from the registry")
 
@@ -519,7 +492,7 @@ def test_one_client_over_max_clients_is_refused_with_1013_and_admitted_once_one_
     assert raw(server.port).expect_close() == 1013
     for client in (first, second, third):
         assert client.echo({"after": "refusal"}) == []
-    first.send_frame(CLOSE, struct.pack("!H", 1000))
+    first.send_frame(CLOSE, frames.close_payload(1000))
     assert first.expect_close() == 1000
     wait_until(lambda: len(server.transport.clients()) == 2, "the first client gone from the registry")
     assert raw(server.port).echo() == []
@@ -585,7 +558,7 @@ def test_the_registry_survives_clients_coming_and_going_during_broadcasts(
         for _ in range(25):
             client = RawClient(served.port).handshake()
             if rng.random() < 0.5:
-                client.send_frame(CLOSE, struct.pack("!H", 1000))
+                client.send_frame(CLOSE, frames.close_payload(1000))
             client.close(abrupt=rng.random() < 0.5)
 
     readers = [threading.Thread(target=read, args=(n,), name=f"test-reader-{n}") for n in range(len(stayers))]
