@@ -183,12 +183,15 @@ class Assembler:
 
     def check(self, header: Header) -> None:
         """Raises FrameError if this data frame cannot be taken."""
+        if (header.opcode is Opcode.CONTINUATION) != self._open:
+            raise FrameError(
+                CloseCode.PROTOCOL_ERROR,
+                f"new {header.opcode.name.lower()} frame before the fragmented message ended"
+                if self._open
+                else "continuation frame without a message to continue",
+            )
         if header.opcode is Opcode.BINARY:
             raise FrameError(CloseCode.UNSUPPORTED_DATA, "only text messages are supported")
-        if header.opcode is Opcode.CONTINUATION and not self._open:
-            raise FrameError(CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue")
-        if header.opcode is Opcode.TEXT and self._open:
-            raise FrameError(CloseCode.PROTOCOL_ERROR, "new text frame before the fragmented message ended")
         size = self._size + header.length
         if size > self.max_bytes:
             raise FrameError(

@@ -410,13 +410,11 @@ class _Server(WebsocketServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
-            accepted = super().get_request()
+            return super().get_request()
         except OSError as exc:
             if exc.errno in _STARVED:
                 self.transport._starved(exc)
             raise  # socketserver skips this round
-        self.transport._fed()
-        return accepted
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         if not self.transport._connecting(request):
@@ -482,8 +480,7 @@ class Transport:
         self._handshaking: dict[socket.socket, None] = {}
         #: Connections with a thread (in handshake, served, or ending).
         self._connections = 0
-        self._out_of_descriptors = False
-        self._evictions, self._overflows = _Rare(), _Rare()
+        self._evictions, self._overflows, self._starvations = _Rare(), _Rare(), _Rare()
         self._ids = itertools.count(1)
         self._server = _Server(host, port)
         self._server.RequestHandlerClass = _Handler
@@ -571,22 +568,15 @@ class Transport:
     def _starved(self, exc: OSError) -> None:
         """accept() found no free descriptor: free one from a handshake, wait, and do not spin."""
         with self._lock:
-            if not self._out_of_descriptors:
-                self._out_of_descriptors = True
-                log.warning(
-                    "cannot accept connections: %s (%d open, %d in handshake); closing the oldest handshakes"
-                    " and retrying; raise the service's file limit (LimitNOFILE) if this recurs",
-                    exc.strerror,
-                    self._connections,
-                    len(self._handshaking),
-                )
+            self._starvations.warn(
+                "cannot accept a connection: %s (%d open, %d in handshake); closing the oldest handshake"
+                " and retrying; raise the file limit (LimitNOFILE in the service) if this recurs",
+                exc.strerror,
+                self._connections,
+                len(self._handshaking),
+            )
             self._evict_oldest()
             self._ended.wait(ACCEPT_BACKOFF)
-
-    def _fed(self) -> None:
-        if self._out_of_descriptors:
-            self._out_of_descriptors = False
-            log.warning("accepting connections again")
 
     def _admit(self, handler: _Handler) -> Optional[Client]:
         client = Client(next(self._ids), handler)

@@ -57,22 +57,27 @@ class RawClient:
     """One WebSocket client written out by hand: the handshake and every frame are plain bytes."""
 
     def __init__(
-        self, port: int, rcvbuf: Optional[int] = None, read_size: int = 65536, read_pause: float = 0.0
+        self,
+        port: int,
+        rcvbuf: Optional[int] = None,
+        read_size: int = 65536,
+        read_pause: float = 0.0,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connect: the window is negotiated at the SYN.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(RECV_TIMEOUT)
-        self.sock.connect(("127.0.0.1", port))
+        self.sock.connect((host, port))
         self.read_size, self.read_pause = read_size, read_pause
         self._buffer = b""
 
-    def handshake(self, path: str = "/") -> "RawClient":
+    def handshake(self, path: str = "/", extra_headers: str = "") -> "RawClient":
         key = b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n".encode()
         )
         head = self.read_http_head()
         assert head.startswith(b"HTTP/1.1 101 "), head
@@ -194,8 +199,8 @@ def start_transport():
     """Starts a bare Transport on loopback; on_message echoes the text back unless given."""
     started: list[Transport] = []
 
-    def start(on_message: Optional[Callable] = None, **options: Any) -> Transport:
-        started.append(Transport("127.0.0.1", 0, on_message or (lambda client, text: client.send(text)), **options))
+    def start(on_message: Optional[Callable] = None, host: str = "127.0.0.1", **options: Any) -> Transport:
+        started.append(Transport(host, 0, on_message or (lambda client, text: client.send(text)), **options))
         started[-1].start()
         return started[-1]
 
@@ -383,6 +388,44 @@ def test_handshake_junk_is_closed_with_one_log_line_and_no_traceback(server, raw
     assert raw(server.port).echo({"after": junk}) == []
 
 
+def test_a_drip_fed_handshake_is_closed_at_its_deadline(server, raw, monkeypatch):
+    """The timeout bounded each recv, not the handshake: one byte per 50 ms kept a thread for ever."""
+    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT", 0.3)
+    client = raw(server.port, handshake=False)
+    client.sock.sendall(b"GET / HTTP/1.1\r\nX-Drip: ")
+    client.sock.settimeout(0.05)
+    started = time.monotonic()
+    while time.monotonic() - started < RECV_TIMEOUT:
+        try:
+            client.sock.sendall(b"x")
+            if client.sock.recv(1) == b"":
+                break
+        except socket.timeout:
+            continue
+        except OSError:  # reset: closed as well
+            break
+    else:
+        pytest.fail(f"a handshake drip-fed for {RECV_TIMEOUT} s is still open (deadline 0.3 s)")
+    assert raw(server.port).echo() == []
+
+
+def test_connections_in_handshake_are_capped_by_closing_the_oldest(server, raw, monkeypatch, caplog):
+    """Every half-open connection held a thread (and a descriptor) until its peer gave up."""
+    monkeypatch.setattr(transport, "MAX_HANDSHAKES", 4)
+    established = raw(server.port)
+    assert established.echo() == []
+    threads = threading.active_count()
+    waiting = [raw(server.port, handshake=False) for _ in range(30)]
+    for client in waiting:
+        client.sock.sendall(b"GET / HTTP/1.1\r\n")
+    settle(threads + 4)
+    assert waiting[0].expect_eof() == b"", "the oldest handshake is still open"
+    assert raw(server.port).echo({"after": "30 half-open"}) == []
+    assert established.echo() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "handshake" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+
+
 # ---- frames we do not take ----------------------------------------------------------------
 
 
@@ -394,6 +437,7 @@ def test_handshake_junk_is_closed_with_one_log_line_and_no_traceback(server, raw
         pytest.param(frame_bytes(CONTINUATION, b"more"), 1002, id="continuation-without-a-start"),
         pytest.param(frame_bytes(TEXT, b'{"type": "ec', fin=False) + frame_bytes(TEXT, b"x"), 1002, id="text-in-text"),
         pytest.param(frame_bytes(BINARY, b"\x00", fin=False), 1003, id="fragmented-binary"),
+        pytest.param(frame_bytes(TEXT, b"[", fin=False) + frame_bytes(BINARY, b"\x00"), 1002, id="binary-in-text"),
         pytest.param(frame_bytes(TEXT, b'{"type": "echo"}', masked=False), 1002, id="unmasked"),
         pytest.param(frame_bytes(0x3, b"?"), 1002, id="reserved-opcode"),
         pytest.param(frame_bytes(TEXT, b'{"type": "echo"}', rsv=0x40), 1002, id="rsv1-without-extension"),
@@ -411,6 +455,34 @@ def test_a_frame_we_do_not_take_is_answered_with_its_close_code(server, raw, cap
     assert "Traceback" not in capfd.readouterr().err
     assert errors_in(caplog) == []
     assert bystander.echo() == []
+
+
+def test_a_fragmented_text_message_is_joined_and_control_frames_between_its_fragments_are_answered(server, raw):
+    """RFC 6455 5.4: a message may come in fragments, pings between them; the library merges or refuses them."""
+    message = {"type": "echo", "data": "🍸 " + "x" * 5000}
+    data = json.dumps(message, ensure_ascii=False).encode()
+    cut = data.index("🍸".encode()) + 2  # inside the character: fragments split bytes, not characters
+    client = raw(server.port)
+    client.sock.sendall(
+        frame_bytes(TEXT, data[:cut], fin=False)
+        + frame_bytes(PING, b"between")
+        + frame_bytes(CONTINUATION, data[cut:3000], fin=False)
+        + frame_bytes(CONTINUATION, b"", fin=False)
+        + frame_bytes(CONTINUATION, data[3000:])
+    )
+    assert client.recv_frame() == Frame(PONG, b"between")
+    assert client.recv_json() == message
+    assert client.echo() == []
+
+
+def test_a_fragmented_message_over_max_message_bytes_is_refused_with_1009_before_the_excess_is_read(server, raw):
+    """The limit is on the message: fragments each under it, together over it, are refused at the header."""
+    limit = server.config.server.max_message_bytes
+    client = raw(server.port)
+    client.sock.sendall(frame_bytes(TEXT, b'"' + b"x" * (limit - 100), fin=False))
+    client.sock.sendall(frames.encode_header(CONTINUATION, 101, mask=os.urandom(4)))  # its payload never comes
+    assert client.expect_close() == 1009
+    assert raw(server.port).echo() == []
 
 
 def test_ping_is_answered_with_a_pong_of_the_same_payload(server, raw):
