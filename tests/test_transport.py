@@ -73,11 +73,12 @@ class RawClient:
         self.read_size, self.read_pause = read_size, read_pause
         self._buffer = b""
 
-    def handshake(self, path: str = "/", extra_headers: str = "") -> "RawClient":
+    def handshake(self, path: str = "/", host: str = "127.0.0.1", origin: Optional[str] = None) -> "RawClient":
         key = b64encode(os.urandom(16)).decode()
+        origin_line = "" if origin is None else f"Origin: {origin}\r\n"
         self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n".encode()
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin_line}Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         head = self.read_http_head()
         assert head.startswith(b"HTTP/1.1 101 "), head
@@ -668,3 +669,129 @@ def test_connections_have_tcp_keepalive_so_a_vanished_peer_frees_its_slot(start_
         socket.IPPROTO_TCP, socket.TCP_KEEPCNT
     )
     assert probes == 30
+
+
+# ---- addresses ----------------------------------------------------------------------------
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+
+
+@needs_ipv6
+def test_an_ipv6_host_is_served_on_the_free_port_that_port_0_bound(start_transport, raw):
+    """The library's TCPServer is IPv4 only: host "::1" failed to bind."""
+    served = start_transport(host="::1")
+    assert served.port > 0
+    assert raw(served.port, host="::1").echo("over IPv6") == []
+
+
+@needs_ipv6
+def test_the_ipv6_any_address_serves_ipv4_and_ipv6_clients(start_transport, raw):
+    served = start_transport(host="::")
+    assert raw(served.port, host="::1").echo("v6") == []
+    assert raw(served.port, host="127.0.0.1").echo("v4") == []
+
+
+# ---- plain HTTP on the same port ----------------------------------------------------------
+
+PAGE = b"<!doctype html><title>barmaid</title>"
+
+
+def panel(target: str) -> Optional[transport.HttpResponse]:
+    """A stand-in for the service panel: one page, one missing file, and not ours for the rest."""
+    if target == "/":
+        return transport.HttpResponse(200, "text/html; charset=utf-8", PAGE)
+    if target == "/missing.js":
+        return transport.HttpResponse(404, "text/plain; charset=utf-8", b"no such file\n")
+    if target == "/boom":
+        raise RuntimeError("panel failed")
+    return None
+
+
+def http(port: int, request: str) -> tuple[str, dict[str, str], bytes]:
+    """Sends one HTTP request; the status line, the headers and the body, read until the server hangs up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=RECV_TIMEOUT) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status, headers, body
+
+
+def test_a_plain_get_is_answered_by_the_http_handler_with_strict_headers(start_transport, raw):
+    served = start_transport(http_handler=panel)
+    status, headers, body = http(served.port, "GET / HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 200 OK" and body == PAGE
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Content-Length"] == str(len(PAGE))
+    assert headers["Connection"] == "close"
+    assert headers["Cache-Control"] == "no-cache"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "connect-src 'self' ws: wss:" in policy, policy
+    assert "unsafe" not in policy and "frame-ancestors 'none'" in policy, policy
+    status, headers, body = http(served.port, "HEAD / HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 200 OK" and body == b"" and headers["Content-Length"] == str(len(PAGE))
+    status, _, body = http(served.port, "GET /missing.js HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 404 Not Found" and body == b"no such file\n"
+    assert raw(served.port).echo("the WebSocket on the same port") == []
+
+
+@pytest.mark.parametrize("handler", [None, panel], ids=["no-handler", "handler-says-none"])
+def test_a_plain_get_the_handler_does_not_take_keeps_the_426_answer(start_transport, handler):
+    served = start_transport(http_handler=handler)
+    status, headers, body = http(served.port, "GET /ws HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 426 Upgrade Required", status
+    assert b"WebSocket" in body and headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_failing_http_handler_is_a_500_and_one_logged_traceback(start_transport, raw, caplog, capfd):
+    served = start_transport(http_handler=panel)
+    status, _, _ = http(served.port, "GET /boom HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 500 Internal Server Error"
+    [record] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert record.exc_info and "/boom" in record.getMessage()
+    assert "Traceback" not in capfd.readouterr().err
+    assert raw(served.port).echo() == []
+
+
+# ---- origins ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "admitted"),
+    [
+        ("http://kiosk.local", True),
+        ("http://127.0.0.1:{port}", True),
+        ("https://127.0.0.1:{port}", True),
+        ("HTTP://127.0.0.1:{port}/", True),
+        ("http://127.0.0.1:1", False),
+        ("http://127.0.0.1:{port}.evil.example", False),
+        ("http://evil.example", False),
+    ],
+)
+def test_the_servers_own_origin_is_always_allowed(start_transport, raw, origin, admitted):
+    """A page served by barmaid itself (its panel) comes from http://<Host>; allowed_origins need not name it."""
+    served = start_transport(allowed_origins=["http://kiosk.local"])
+    client = raw(served.port, handshake=False)
+    origin = origin.format(port=served.port)
+    if admitted:
+        client.handshake(host=f"127.0.0.1:{served.port}", origin=origin)
+        assert client.echo() == []
+    else:
+        client.sock.sendall(
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\nOrigin: {origin}\r\n".encode() + _UPGRADE + _KEY + b"\r\n"
+        )
+        assert client.read_http_head().startswith(b"HTTP/1.1 403 ")
