@@ -378,9 +378,8 @@ class _Handler(WebSocketHandler):
             header = read_header(read)
             if header.mask is None:
                 raise FrameError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
-            if not header.opcode.is_control:
-                assembler.check(header)
-                text = assembler.add(header, read_payload(read, header))
+            if header.opcode < 0x8:  # data, not control
+                text = assembler.take(header, read)
                 if text is not None:
                     self.server.transport._deliver(client, text)
                 continue

@@ -129,9 +129,7 @@ def feed(assembler: Assembler, *data: bytes) -> list[str]:
     messages = []
     read = reader(b"".join(data))
     for _ in data:
-        header = read_header(read)
-        assembler.check(header)
-        message = assembler.add(header, read(header.length))
+        message = assembler.take(read_header(read), read)
         if message is not None:
             messages.append(message)
     return messages
@@ -156,8 +154,9 @@ def test_a_character_split_between_fragments_is_one_character():
 def test_the_limit_is_on_the_whole_message_and_refused_before_the_excess_is_read():
     assembler = Assembler(10)
     assert feed(assembler, encode(Opcode.TEXT, b"123456", fin=False)) == []
+    announced = reader(encode_header(Opcode.CONTINUATION, 5))  # and no payload: reading it would raise EOFError
     with pytest.raises(FrameError) as refused:
-        assembler.check(read_header(reader(encode_header(Opcode.CONTINUATION, 5))))
+        assembler.take(read_header(announced), announced)
     assert refused.value.code is CloseCode.MESSAGE_TOO_BIG
     assert "11+" not in refused.value.reason and "11 bytes" in refused.value.reason
     assert feed(Assembler(10), encode(Opcode.TEXT, b"123456", fin=False), encode(Opcode.CONTINUATION, b"7890")) == [

@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -795,3 +796,157 @@ def test_the_servers_own_origin_is_always_allowed(start_transport, raw, origin, 
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\nOrigin: {origin}\r\n".encode() + _UPGRADE + _KEY + b"\r\n"
         )
         assert client.read_http_head().startswith(b"HTTP/1.1 403 ")
+
+
+# ---- a server under a file limit ----------------------------------------------------------
+
+#: barmaid with simulated pumps in a process of its own, whose file limit is lowered once it
+#: listens to leave it argv[2] more descriptors: what LimitNOFILE does to a service.
+_LIMITED_SERVER = """
+import logging, os, resource, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+from barmaid.config import load_config
+from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.server import BarmaidServer
+config = load_config(sys.argv[1], {"server": {"host": "127.0.0.1"}})
+config = config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
+server = BarmaidServer(config, SimulatedDriver([pump.gpio for pump in config.pumps]))
+server.start()
+highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(server.port, flush=True)
+sys.stdin.read()
+server.close()
+"""
+
+
+class LimitedServer:
+    """The server above; `log` is its stderr, read once it has ended."""
+
+    def __init__(self, config: Path, spare_descriptors: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LIMITED_SERVER, str(config), str(spare_descriptors)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.port = int(self.proc.stdout.readline() or 0)
+        if not self.port:
+            pytest.fail(f"the limited server did not start: {self.stop()}")
+
+    def status(self, key: str) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {key} in /proc/{self.proc.pid}/status")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> str:
+        """Ends the server; its log."""
+        try:
+            _, self.log = self.proc.communicate("", timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, self.log = self.proc.communicate()
+        return self.log
+
+
+@pytest.fixture
+def limited_server(write_config):
+    started: list[LimitedServer] = []
+
+    def start(spare_descriptors: int, flow_ml_s: float = 400.0) -> LimitedServer:
+        from conftest import fast_pumps
+
+        started.append(LimitedServer(write_config({"pumps": fast_pumps(flow_ml_s)}), spare_descriptors))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def drip_feeders(port: int, count: int) -> list[socket.socket]:
+    """Up to `count` connections that begin a handshake and never finish it (fewer if the server stops accepting)."""
+    opened = []
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=RECV_TIMEOUT)
+        except OSError:
+            break  # the backlog stays full: the server no longer accepts
+        opened.append(sock)
+        time.sleep(0.001)  # a full backlog drops a SYN for a second; this test is about holding, not bursts
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: barmaid\r\nX-Drip: ")
+        except OSError:
+            pass  # already closed by the server to make room
+    return opened
+
+
+def new_client_echoes(port: int, what: str) -> None:
+    try:
+        client = RawClient(port).handshake()
+    except (OSError, EOFError) as exc:
+        pytest.fail(f"a new client cannot connect {what}: {exc!r}")
+    try:
+        assert client.echo(what) == []
+    finally:
+        client.close()
+
+
+def test_drip_fed_handshakes_leave_descriptors_and_threads_for_clients_and_for_stop(limited_server):
+    """300 slow handshakes held 303 threads; under a file limit no client could connect, not even to stop."""
+    served = limited_server(spare_descriptors=100, flow_ml_s=20.0)
+    pouring = RawClient(served.port).handshake()
+    try:
+        pouring.send_json({"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 1}}})  # 5 s
+        assert pouring.recv_json()["type"] == "status"
+        attackers = drip_feeders(served.port, 300)
+        try:
+            new_client_echoes(served.port, f"after {len(attackers)} drip-fed handshakes")
+            threads = served.status("Threads")
+            pouring.send_json({"type": "stop"})
+            statuses = pouring.recv_until()
+        finally:
+            for sock in attackers:
+                sock.close()
+    finally:
+        pouring.close()
+    assert len(attackers) == 300, f"the server stopped accepting after {len(attackers)} connections"
+    assert 0 < status_times(statuses)[-1] + 1 and statuses[-1]["data"]["remaining_time"] == 0
+    assert threads <= transport.MAX_HANDSHAKES + 16, f"{threads} threads in the server"
+    log = served.stop()
+    assert "Traceback" not in log, log
+
+
+def test_out_of_descriptors_the_accept_loop_does_not_spin_and_recovers(limited_server):
+    """On EMFILE socketserver's loop retried accept at once, for ever: 100 % CPU, and nothing served."""
+    served = limited_server(spare_descriptors=4)
+    established = RawClient(served.port).handshake()
+    try:
+        assert established.echo() == []
+        attackers = drip_feeders(served.port, 40)  # more than the spare descriptors; all fit in the backlog
+        try:
+            time.sleep(0.2)  # the server takes what it can
+            before = served.cpu_seconds()
+            time.sleep(1.0)
+            spent = served.cpu_seconds() - before
+            assert established.echo({"while": "out of descriptors"}) == []
+            new_client_echoes(served.port, "while out of descriptors (the oldest handshake gives way)")
+        finally:
+            for sock in attackers:
+                sock.close()
+        new_client_echoes(served.port, "once the attackers are gone")
+        assert established.echo({"after": "out of descriptors"}) == []
+    finally:
+        established.close()
+    assert spent < 0.2, f"the server spent {spent:.2f} s of CPU in 1 s doing nothing"
+    log = served.stop()
+    assert log.count("cannot accept a connection") == 1, log
+    assert "Traceback" not in log, log
