@@ -110,19 +110,22 @@ def http_response(status: int, content_type: str, body: bytes, head_only: bool =
 
 
 class _Rare:
-    """Logs a recurring warning at most once per `interval` seconds, with how often it happened."""
+    """Logs a recurring warning at most once per `interval` seconds, with how many it left out."""
 
     def __init__(self, interval: float = 10.0) -> None:
         self.interval = interval
         self._last = -interval
-        self._count = 0
+        self._skipped = 0
 
     def warn(self, message: str, *args: Any) -> None:
-        self._count += 1
         now = time.monotonic()
-        if now - self._last >= self.interval:
-            log.warning(message + " (%d time(s) since the last such line)", *args, self._count)
-            self._last, self._count = now, 0
+        if now - self._last < self.interval:
+            self._skipped += 1
+            return
+        if self._skipped:
+            message, args = message + " (and %d more since the last such line)", (*args, self._skipped)
+        log.warning(message, *args)
+        self._last, self._skipped = now, 0
 
 
 class Client:
@@ -247,6 +250,8 @@ class _Handler(WebSocketHandler):
         self.client: Optional[Client] = None
         #: Bytes that came after the request head (a client may send frames before our 101).
         self._early = b""
+        #: A HEAD request: answers carry no body.
+        self._head = False
 
     def handle(self) -> None:
         transport = self.server.transport
@@ -263,7 +268,8 @@ class _Handler(WebSocketHandler):
                 self._serve()
         except _Refused as exc:
             log.info("refused a handshake from %s: %s", self.client_address[0], exc.reason)
-            self._raw_send(http_response(exc.status, "text/plain; charset=utf-8", f"{exc.reason}\n".encode()))
+            body = f"{exc.reason}\n".encode()
+            self._raw_send(http_response(exc.status, "text/plain; charset=utf-8", body, head_only=self._head))
         except FrameError as exc:
             self.client.close(exc.code, exc.reason)
             log.info("%r closed: %s", self.client, exc)
@@ -320,8 +326,9 @@ class _Handler(WebSocketHandler):
         if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
             raise _Refused(HTTPStatus.METHOD_NOT_ALLOWED, "this is a WebSocket endpoint: open it with GET and Upgrade")
         method, target = parts[0], parts[1]
-        if headers.get("upgrade", "").lower() != "websocket" or method != "GET":
-            self._answer_http(target, head_only=method == "HEAD")
+        self._head = method == "HEAD"
+        if headers.get("upgrade", "").lower() != "websocket" or self._head:
+            self._answer_http(target)
             return False
         if "sec-websocket-key" not in headers:
             raise _Refused(HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Key missing: connect with a WebSocket client")
@@ -338,7 +345,7 @@ class _Handler(WebSocketHandler):
         )
         return True
 
-    def _answer_http(self, target: str, head_only: bool) -> None:
+    def _answer_http(self, target: str) -> None:
         handler = self.server.transport.http_handler
         try:
             response = handler(target) if handler is not None else None
@@ -350,7 +357,7 @@ class _Handler(WebSocketHandler):
                 HTTPStatus.UPGRADE_REQUIRED, "this is barmaid's WebSocket endpoint: connect with a WebSocket client"
             )
         log.info("%s %s: %d", self.client_address[0], target[:200], response.status)
-        self._raw_send(http_response(*response, head_only=head_only))
+        self._raw_send(http_response(*response, head_only=self._head))
 
     def _raw_send(self, data: bytes) -> None:
         try:

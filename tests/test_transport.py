@@ -756,6 +756,8 @@ def test_a_plain_get_the_handler_does_not_take_keeps_the_426_answer(start_transp
     status, headers, body = http(served.port, "GET /ws HTTP/1.1\r\nHost: barmaid\r\n\r\n")
     assert status == "HTTP/1.1 426 Upgrade Required", status
     assert b"WebSocket" in body and headers["X-Content-Type-Options"] == "nosniff"
+    status, _, body = http(served.port, "HEAD /ws HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 426 Upgrade Required" and body == b""
 
 
 def test_a_failing_http_handler_is_a_500_and_one_logged_traceback(start_transport, raw, caplog, capfd):
