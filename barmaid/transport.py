@@ -356,8 +356,9 @@ class _Handler(WebSocketHandler):
             raise _Refused(
                 HTTPStatus.UPGRADE_REQUIRED, "this is barmaid's WebSocket endpoint: connect with a WebSocket client"
             )
-        log.info("%s %s: %d", self.client_address[0], target[:200], response.status)
-        self._raw_send(http_response(*response, head_only=self._head))
+        status, content_type, body = response  # an HttpResponse, or any (status, type, body) triple
+        log.info("%s %s: %d", self.client_address[0], target[:200], status)
+        self._raw_send(http_response(status, content_type, body, head_only=self._head))
 
     def _raw_send(self, data: bytes) -> None:
         try:

@@ -711,8 +711,8 @@ def panel(target: str) -> Optional[transport.HttpResponse]:
     """A stand-in for the service panel: one page, one missing file, and not ours for the rest."""
     if target == "/":
         return transport.HttpResponse(200, "text/html; charset=utf-8", PAGE)
-    if target == "/missing.js":
-        return transport.HttpResponse(404, "text/plain; charset=utf-8", b"no such file\n")
+    if target == "/missing.js":  # a plain (status, type, body) tuple does as well
+        return 404, "text/plain; charset=utf-8", b"no such file\n"  # type: ignore[return-value]
     if target == "/boom":
         raise RuntimeError("panel failed")
     return None
