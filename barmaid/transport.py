@@ -1,12 +1,16 @@
-"""The WebSocket transport: `websocket-server` with its known gaps closed, in one place.
+"""The WebSocket transport: `websocket-server`'s accept loop, with our own connection handling.
 
-The library accepts any frame size, writes with `send` (short writes corrupt the stream), lets one
-slow client block every broadcast, and raises on handshake junk (../shared/DEPENDENCIES.md, W1-W11).
-We keep its server loop and replace the connection handler and the client registry.
+websocket-server 0.6.4 gets these wrong (docs/dependencies.md lists them): it reads any frame
+size, writes with `send`, lets one slow client block every broadcast, raises on handshake junk,
+skips binary and continuation frames unread, and gives every connection a thread with no bound
+on how many or for how long. We keep its `socketserver` loop and replace the connection handler
+(a strict, deadline-bound handshake, then frames through `barmaid.frames`), the client registry
+and the send path. The same port answers plain HTTP GETs through an optional `http_handler`.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import queue
@@ -16,61 +20,112 @@ import threading
 import time
 from base64 import b64encode
 from hashlib import sha1
-from typing import Callable, Optional, Sequence
+from http import HTTPStatus
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from websocket_server import WebsocketServer
 from websocket_server.websocket_server import WebSocketHandler
+
+from .frames import Assembler, CloseCode, FrameError, Opcode, close_payload, encode, read_header, read_payload
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TEXT, _BINARY, _CONTINUATION, _CLOSE, _PING, _PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
-CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_UNSUPPORTED = 1000, 1001, 1002, 1003
-CLOSE_BAD_DATA, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1007, 1009, 1013
-#: A half-open handshake may hold a thread this long at most.
+#: The whole handshake (request head in, answer out) must be over within this many seconds.
 HANDSHAKE_TIMEOUT = 10.0
+#: Connections still in their handshake; one more closes the oldest of them (a real client's
+#: handshake takes milliseconds, so it is the drip-feeders that get closed).
+MAX_HANDSHAKES = 16
+#: When accept finds no free descriptor, it waits this long (or until a connection ends) to retry.
+ACCEPT_BACKOFF = 0.1
 #: A client whose socket takes no data for this long is dropped; others are never held up.
 SEND_TIMEOUT = 5.0
 #: Frames waiting for one client; a client this far behind has stopped reading and is dropped.
 SEND_QUEUE = 256
 #: At shutdown, clients get this long, together, to take their close frame.
 CLOSE_GRACE = 1.0
-_MAX_HEADER_LINE = 8192
+_MAX_HEAD = 32 * 1024
 _MAX_HEADERS = 64
+#: accept() errors that mean "no descriptor or buffer free now", not "this connection failed".
+_STARVED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: Every HTTP answer: no caching, no sniffing, no framing, scripts and sockets from this server only.
+_HTTP_HEADERS = (
+    "Connection: close\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
+    "Content-Security-Policy: default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "frame-ancestors 'none'\r\n"
+)
+
+
+class HttpResponse(NamedTuple):
+    """What `http_handler` answers to a plain GET or HEAD (HEAD gets the headers only)."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+#: Gets the request target of a plain GET or HEAD (as sent, query included); None: not ours (426).
+HttpHandler = Callable[[str], Optional[HttpResponse]]
 
 
 class _Refused(Exception):
-    """The handshake cannot go on; `args[0]` is the HTTP status line, `args[1]` the reason."""
+    """The handshake cannot go on: answer `status` with `reason` and hang up."""
+
+    def __init__(self, status: HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 class _Closed(Exception):
     """The connection is over; `args[0]` says why (for the log)."""
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final frame (the server never masks or fragments)."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-    return header + payload
+def _address(address: Any) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def close_frame(code: int, reason: str = "") -> bytes:
-    return frame(_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+def _family(host: str) -> socket.AddressFamily:
+    """IPv6 for an IPv6 address or a name with IPv6 addresses only; IPv4 otherwise (as before)."""
+    try:
+        infos = socket.getaddrinfo(host or None, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return socket.AF_INET  # bind then says what is wrong with the host
+    families = {info[0] for info in infos}
+    return socket.AF_INET if socket.AF_INET in families or not families else socket.AF_INET6
 
 
-def _unmask(mask: bytes, payload: bytes) -> bytes:
-    # One big-integer XOR instead of the library's Python loop over every byte.
-    n = len(payload)
-    if not n:
-        return payload
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+def http_response(status: int, content_type: str, body: bytes, head_only: bool = False) -> bytes:
+    """One HTTP/1.1 answer with the headers every answer of this server carries."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        f"{_HTTP_HEADERS}\r\n"
+    )
+    return head.encode("latin-1") + (b"" if head_only else body)
+
+
+class _Rare:
+    """Logs a recurring warning at most once per `interval` seconds, with how many it left out."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._skipped = 0
+
+    def warn(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._skipped += 1
+            return
+        if self._skipped:
+            message, args = message + " (and %d more since the last such line)", (*args, self._skipped)
+        log.warning(message, *args)
+        self._last, self._skipped = now, 0
 
 
 class Client:
@@ -94,10 +149,10 @@ class Client:
         self._sender.start()
 
     def __repr__(self) -> str:
-        return f"client {self.id} ({self.address[0]}:{self.address[1]})"
+        return f"client {self.id} ({_address(self.address)})"
 
     def send(self, text: str) -> None:
-        self.send_raw(frame(_TEXT, text.encode()))
+        self.send_raw(encode(Opcode.TEXT, text.encode()))
 
     def send_raw(self, data: bytes) -> None:
         with self._lock:
@@ -124,14 +179,14 @@ class Client:
         log.warning("%r stopped reading (%d frames waiting); dropping it", self, self._limit)
         self.abort()
 
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Sends what is queued, then the close frame, then ends the connection."""
         with self._lock:
             if self._closing.is_set():
                 return
             self._closing.set()
             self._pending += 1
-            self._queue.put_nowait(close_frame(code, reason))
+            self._queue.put_nowait(encode(Opcode.CLOSE, close_payload(code, reason)))
             self._queue.put_nowait(None)
 
     def abort(self) -> None:
@@ -171,14 +226,17 @@ class Client:
             pass
 
 
+
 class _Handler(WebSocketHandler):
-    """Reads one connection: a strict handshake, then frames, each checked before it is read."""
+    """Reads one connection: a strict handshake under one deadline, then frames, each checked
+    before its payload is read."""
 
     server: "_Server"
     path = "/"
 
     def setup(self) -> None:
         super().setup()
+        self._deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         sock = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Send timeout only (reads may wait for ever on an idle GUI): see SEND_TIMEOUT.
@@ -190,27 +248,35 @@ class _Handler(WebSocketHandler):
             if hasattr(socket, option):  # Linux; other systems keep their defaults
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
         self.client: Optional[Client] = None
+        #: Bytes that came after the request head (a client may send frames before our 101).
+        self._early = b""
+        #: A HEAD request: answers carry no body.
+        self._head = False
 
     def handle(self) -> None:
+        transport = self.server.transport
         try:
-            self.request.settimeout(HANDSHAKE_TIMEOUT)
-            self._handshake()
-            self.request.settimeout(None)
-            self.client = self.server.transport._admit(self)
-            if self.client is None:
+            try:
+                upgraded = self._handshake()
+            finally:
+                transport._handshake_over(self.request)
+            if not upgraded:
                 return
-            while True:
-                self._read_frame()
+            self.request.settimeout(None)
+            self.client = transport._admit(self)
+            if self.client is not None:
+                self._serve()
         except _Refused as exc:
-            log.info("refused a handshake from %s: %s", self.client_address[0], exc.args[1])
-            self._raw_send(
-                f"HTTP/1.1 {exc.args[0]}\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                f"Content-Length: {len(exc.args[1]) + 1}\r\n\r\n{exc.args[1]}\n".encode()
-            )
+            log.info("refused a handshake from %s: %s", self.client_address[0], exc.reason)
+            body = f"{exc.reason}\n".encode()
+            self._raw_send(http_response(exc.status, "text/plain; charset=utf-8", body, head_only=self._head))
+        except FrameError as exc:
+            self.client.close(exc.code, exc.reason)
+            log.info("%r closed: %s", self.client, exc)
         except _Closed as exc:
             log.info("%s closed: %s", self.client or self.client_address[0], exc.args[0])
         except (OSError, EOFError) as exc:
-            log.info("%s gone: %s", self.client or self.client_address[0], exc)
+            log.info("%s gone: %s", self.client or self.client_address[0], exc or "peer closed the connection")
 
     def finish(self) -> None:
         if self.client is not None:
@@ -222,32 +288,54 @@ class _Handler(WebSocketHandler):
 
     # ---- handshake ------------------------------------------------------------------------
 
-    def _handshake(self) -> None:
-        request_line = self.rfile.readline(_MAX_HEADER_LINE).decode("latin-1").strip()
-        if not request_line:
-            raise _Closed("connection closed before the handshake")
-        parts = request_line.split()
+    def _read_head(self) -> bytes:
+        """The request head up to the blank line, read under the handshake's deadline."""
+        sock, buffer, searched = self.request, bytearray(), 0
+        while True:
+            end = buffer.find(b"\r\n\r\n", max(0, searched - 3))
+            if end >= 0:
+                self._early = bytes(buffer[end + 4 :])
+                return bytes(buffer[:end])
+            if len(buffer) > _MAX_HEAD:
+                raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"request head over {_MAX_HEAD} bytes")
+            searched = len(buffer)
+            left = self._deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise socket.timeout
+                sock.settimeout(left)
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                raise _Closed(f"handshake not finished within {HANDSHAKE_TIMEOUT} s") from None
+            if not chunk:
+                raise _Closed("connection ended " + ("during" if buffer else "before") + " the handshake")
+            buffer += chunk
+
+    def _handshake(self) -> bool:
+        """True once upgraded to a WebSocket; False when answered as plain HTTP."""
+        lines = self._read_head().decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(lines) > _MAX_HEADERS + 1:
+            raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {_MAX_HEADERS} headers")
         headers: dict[str, str] = {}
-        for _ in range(_MAX_HEADERS + 1):
-            line = self.rfile.readline(_MAX_HEADER_LINE).decode("latin-1").strip()
-            if not line:
-                break
+        for line in lines[1:]:
             name, colon, value = line.partition(":")
             if not colon:
-                raise _Refused("400 Bad Request", f"header line without a colon: {line[:60]!r}")
+                raise _Refused(HTTPStatus.BAD_REQUEST, f"header line without a colon: {line[:60]!r}")
             headers[name.strip().lower()] = value.strip()
-        else:
-            raise _Refused("431 Request Header Fields Too Large", f"more than {_MAX_HEADERS} headers")
-        if len(parts) != 3 or parts[0] != "GET":
-            raise _Refused("405 Method Not Allowed", "this is a WebSocket endpoint: open it with GET and Upgrade")
-        if headers.get("upgrade", "").lower() != "websocket" or "sec-websocket-key" not in headers:
-            raise _Refused(
-                "426 Upgrade Required", "this is barmaid's WebSocket endpoint: connect with a WebSocket client"
-            )
-        refusal = self.server.transport.check_handshake(parts[1], headers)
+        if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
+            raise _Refused(HTTPStatus.METHOD_NOT_ALLOWED, "this is a WebSocket endpoint: open it with GET and Upgrade")
+        method, target = parts[0], parts[1]
+        self._head = method == "HEAD"
+        if headers.get("upgrade", "").lower() != "websocket" or self._head:
+            self._answer_http(target)
+            return False
+        if "sec-websocket-key" not in headers:
+            raise _Refused(HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Key missing: connect with a WebSocket client")
+        refusal = self.server.transport.check_handshake(target, headers)
         if refusal:
-            raise _Refused("403 Forbidden", refusal)
-        self.path = parts[1]
+            raise _Refused(HTTPStatus.FORBIDDEN, refusal)
+        self.path = target
         accept = b64encode(sha1(headers["sec-websocket-key"].encode() + _GUID).digest()).decode()
         self._raw_send(
             (
@@ -255,6 +343,22 @@ class _Handler(WebSocketHandler):
                 f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
             ).encode()
         )
+        return True
+
+    def _answer_http(self, target: str) -> None:
+        handler = self.server.transport.http_handler
+        try:
+            response = handler(target) if handler is not None else None
+        except Exception:
+            log.exception("http_handler failed on %.200r from %s", target, self.client_address[0])
+            response = HttpResponse(500, "text/plain; charset=utf-8", b"internal error (logged on the server)\n")
+        if response is None:
+            raise _Refused(
+                HTTPStatus.UPGRADE_REQUIRED, "this is barmaid's WebSocket endpoint: connect with a WebSocket client"
+            )
+        status, content_type, body = response  # an HttpResponse, or any (status, type, body) triple
+        log.info("%s %s: %d", self.client_address[0], target[:200], status)
+        self._raw_send(http_response(status, content_type, body, head_only=self._head))
 
     def _raw_send(self, data: bytes) -> None:
         try:
@@ -265,59 +369,97 @@ class _Handler(WebSocketHandler):
     # ---- frames ---------------------------------------------------------------------------
 
     def _read(self, n: int) -> bytes:
-        data = self.rfile.read(n)
+        if self._early:
+            data, self._early = self._early[:n], self._early[n:]
+            if len(data) < n:
+                data += self.rfile.read(n - len(data))
+        else:
+            data = self.rfile.read(n)
         if len(data) < n:
-            raise _Closed("peer closed the connection")
+            raise EOFError("peer closed the connection")
         return data
 
-    def _read_frame(self) -> None:
-        b1, b2 = self._read(2)
-        fin, opcode, masked, length = b1 & 0x80, b1 & 0x0F, b2 & 0x80, b2 & 0x7F
-        if b1 & 0x70:
-            self._fail(CLOSE_PROTOCOL, "reserved bits set (no extension was agreed)")
-        if not masked:
-            self._fail(CLOSE_PROTOCOL, "client frames must be masked")
-        if length == 126:
-            (length,) = struct.unpack("!H", self._read(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", self._read(8))
-        if opcode >= 0x8 and (length > 125 or not fin):
-            self._fail(CLOSE_PROTOCOL, "control frames must be whole and at most 125 bytes")
-        limit = self.server.transport.max_message_bytes
-        if length > limit:
-            self._fail(CLOSE_TOO_BIG, f"frame of {length} bytes, over the limit of {limit}")
-        if opcode in (_BINARY, _CONTINUATION) or (opcode == _TEXT and not fin):
-            self._fail(CLOSE_UNSUPPORTED, "only whole text frames are supported")
-        if opcode not in (_TEXT, _CLOSE, _PING, _PONG):
-            self._fail(CLOSE_PROTOCOL, f"unknown opcode {opcode:#x}")
-        mask = self._read(4)
-        payload = _unmask(mask, self._read(length))
-        if opcode == _CLOSE:
-            self.client.close(CLOSE_NORMAL)
-            raise _Closed("peer sent close")
-        if opcode == _PING:
-            self.client.send_raw(frame(_PONG, payload))
-            return
-        if opcode == _PONG:
-            return
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            self._fail(CLOSE_BAD_DATA, "text frame is not valid UTF-8")
-        self.server.transport._deliver(self.client, text)
-
-    def _fail(self, code: int, reason: str) -> None:
-        self.client.close(code, reason)
-        raise _Closed(f"{reason} (close {code})")
+    def _serve(self) -> None:
+        client, read = self.client, self._read
+        assembler = Assembler(self.server.transport.max_message_bytes)
+        while True:
+            header = read_header(read)
+            if header.mask is None:
+                raise FrameError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
+            if header.opcode < 0x8:  # data, not control
+                text = assembler.take(header, read)
+                if text is not None:
+                    self.server.transport._deliver(client, text)
+                continue
+            payload = read_payload(read, header)
+            if header.opcode is Opcode.CLOSE:
+                client.close(CloseCode.NORMAL)
+                raise _Closed("peer sent close")
+            if header.opcode is Opcode.PING:
+                client.send_raw(encode(Opcode.PONG, payload))
 
 
 class _Server(WebsocketServer):
+    """The library's accept loop, with bounds on connections and on running out of descriptors."""
+
     request_queue_size = 64  # the library's 5 drops connections under a burst
     transport: "Transport"
 
+    def __init__(self, host: str, port: int) -> None:
+        self.address_family = _family(host)
+        super().__init__(host=host, port=port)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            # "::" serves IPv4 clients too, whatever the system's default (net.ipv6.bindv6only).
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _STARVED:
+                self.transport._starved(exc)
+            raise  # socketserver skips this round
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        if not self.transport._connecting(request):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError as exc:  # no thread could be started
+            log.warning("cannot serve %s: %s", client_address[0], exc)
+            self.transport._disconnected(request)
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            # Before the socket closes: eviction must never touch a closed (and reused) descriptor.
+            self.transport._disconnected(request)
+            self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("connection from %s failed", client_address[0])
+
 
 class Transport:
-    """Serves WebSocket clients and hands each text frame to `on_message(client, text)`."""
+    """Serves WebSocket clients and hands each text message to `on_message(client, text)`.
+
+    Args:
+        host: an IPv4 or IPv6 address or a name; "::" serves IPv4 and IPv6.
+        port: 0 binds a free port; `port` then says which.
+        max_message_bytes: the most a message may hold, all its fragments together (close 1009).
+        max_clients: connections past their handshake; one more is refused with close 1013.
+        allowed_origins: None admits any Origin; else only these and the server's own origin
+            (`http://` or `https://` plus the request's Host header: a page this server served).
+        http_handler: answers plain GET/HEAD requests (no Upgrade) on the same port.
+    """
 
     def __init__(
         self,
@@ -328,17 +470,26 @@ class Transport:
         max_clients: int = 32,
         allowed_origins: Optional[Sequence[str]] = None,
         on_leave: Callable[[Client], None] = lambda client: None,
+        http_handler: Optional[HttpHandler] = None,
     ) -> None:
         self.on_message = on_message
         self.on_leave = on_leave
+        self.http_handler = http_handler
         self.max_message_bytes = max_message_bytes
         self.max_clients = max_clients
         self.allowed_origins = None if allowed_origins is None else {o.rstrip("/") for o in allowed_origins}
         self._clients: dict[int, Client] = {}
         self._closed = False
         self._lock = threading.Lock()
+        #: Notified whenever a connection ends (a descriptor and a thread are free again).
+        self._ended = threading.Condition(self._lock)
+        #: Sockets still in their handshake, oldest first.
+        self._handshaking: dict[socket.socket, None] = {}
+        #: Connections with a thread (in handshake, served, or ending).
+        self._connections = 0
+        self._evictions, self._overflows, self._starvations = _Rare(), _Rare(), _Rare()
         self._ids = itertools.count(1)
-        self._server = _Server(host=host, port=port)
+        self._server = _Server(host, port)
         self._server.RequestHandlerClass = _Handler
         self._server.transport = self
         self._thread: Optional[threading.Thread] = None
@@ -354,11 +505,11 @@ class Transport:
             return list(self._clients.values())
 
     def broadcast(self, text: str) -> None:
-        data = frame(_TEXT, text.encode())
+        data = encode(Opcode.TEXT, text.encode())
         for client in self.clients():
             client.send_raw(data)
 
-    def close(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
         """Stops accepting, then closes every client (all of them, unlike the library's)."""
         if self._thread is not None:
             self._server.shutdown()
@@ -378,19 +529,69 @@ class Transport:
 
     def check_handshake(self, path: str, headers: dict[str, str]) -> Optional[str]:
         """Why this handshake is refused, or None to accept it."""
-        if self.allowed_origins is not None:
-            origin = headers.get("origin", "").rstrip("/")
-            if origin not in self.allowed_origins:
-                return f"origin {origin or '(none)'} is not in server.allowed_origins"
-        return None
+        if self.allowed_origins is None:
+            return None
+        origin = headers.get("origin", "").rstrip("/")
+        host = headers.get("host", "").lower()
+        if origin in self.allowed_origins or (host and origin.lower() in (f"http://{host}", f"https://{host}")):
+            return None
+        return f"origin {origin or '(none)'} is not in server.allowed_origins"
+
+    # ---- connections (accept thread and handler threads) ------------------------------------
+
+    def _connecting(self, sock: socket.socket) -> bool:
+        """Counts a new connection in; False if it must be closed at once (too many threads)."""
+        with self._lock:
+            if self._connections >= self.max_clients + MAX_HANDSHAKES:
+                self._overflows.warn("%d connections open: closing a new one at once", self._connections)
+                return False
+            if len(self._handshaking) >= MAX_HANDSHAKES:
+                self._evictions.warn("%d connections in handshake: closing the oldest", len(self._handshaking))
+                self._evict_oldest()
+            self._handshaking[sock] = None
+            self._connections += 1
+            return True
+
+    def _evict_oldest(self) -> None:
+        # Under self._lock: a socket still listed here is still open (see _Server.process_request_thread).
+        if self._handshaking:
+            sock = next(iter(self._handshaking))
+            del self._handshaking[sock]
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # its handler's recv returns at once
+            except OSError:
+                pass
+
+    def _handshake_over(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._handshaking.pop(sock, None)
+
+    def _disconnected(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._handshaking.pop(sock, None)
+            self._connections -= 1
+            self._ended.notify_all()
+
+    def _starved(self, exc: OSError) -> None:
+        """accept() found no free descriptor: free one from a handshake, wait, and do not spin."""
+        with self._lock:
+            self._starvations.warn(
+                "cannot accept a connection: %s (%d open, %d in handshake); closing the oldest handshake"
+                " and retrying; raise the file limit (LimitNOFILE in the service) if this recurs",
+                exc.strerror,
+                self._connections,
+                len(self._handshaking),
+            )
+            self._evict_oldest()
+            self._ended.wait(ACCEPT_BACKOFF)
 
     def _admit(self, handler: _Handler) -> Optional[Client]:
         client = Client(next(self._ids), handler)
         with self._lock:
             if self._closed:
-                refusal: Optional[tuple[int, str]] = (CLOSE_GOING_AWAY, "server shutting down")
+                refusal: Optional[tuple[int, str]] = (CloseCode.GOING_AWAY, "server shutting down")
             elif len(self._clients) >= self.max_clients:
-                refusal = (CLOSE_TRY_LATER, f"too many clients (server.max_clients {self.max_clients}), try later")
+                refusal = (CloseCode.TRY_AGAIN_LATER, f"too many clients (server.max_clients {self.max_clients}), try later")
             else:
                 refusal = None
                 self._clients[client.id] = client
@@ -405,7 +606,7 @@ class Transport:
     def _leave(self, client: Client) -> None:
         with self._lock:
             known = self._clients.pop(client.id, None) is not None
-        client.close(CLOSE_NORMAL)
+        client.close(CloseCode.NORMAL)
         client.join(timeout=1)
         if known:
             log.info("%r left", client)

@@ -32,7 +32,6 @@ import re
 import selectors
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -46,8 +45,11 @@ import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 from fake_pigpiod import CMD_WVHLT, FakePigpiod  # the fake daemon the tests use
 from fake_rgpiod import FakeRgpiod
+
+from barmaid import frames  # the server's own frame codec
 
 DEFAULT_OUTPUT = ROOT / "docs" / "performance.md"
 GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
@@ -248,17 +250,7 @@ def pumps_config(flow: float = FLOW_ML_S) -> list[dict[str, float]]:
 
 def client_frame(text: str, mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
     """A masked, final text frame, built once: the client's cost per message stays tiny."""
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
-    key = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big") if n else b""
-    return header + mask + masked
+    return frames.encode(frames.Opcode.TEXT, text.encode(), mask=mask)
 
 
 class RawClient:
@@ -272,23 +264,13 @@ class RawClient:
 
     def frames(self) -> list[bytes]:
         """Every whole frame in the buffer (the server never masks nor fragments)."""
-        out, buf = [], self.buf
-        while len(buf) >= 2:
-            n, start = buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, start = struct.unpack_from("!H", buf, 2)[0], 4
-            elif n == 127:
-                if len(buf) < 10:
-                    break
-                n, start = struct.unpack_from("!Q", buf, 2)[0], 10
-            if len(buf) < start + n:
-                break
-            if buf[0] & 0x0F != 0x1:
-                raise RuntimeError(f"unexpected frame opcode {buf[0] & 0x0F:#x}: {bytes(buf[start:start + n])!r}")
-            out.append(bytes(buf[start:start + n]))
-            del buf[: start + n]
+        out = []
+        while (parsed := frames.parse(self.buf)) is not None:
+            frame, size = parsed
+            if frame.opcode is not frames.Opcode.TEXT:
+                raise RuntimeError(f"unexpected frame opcode {frame.opcode:#x}: {frame.payload!r}")
+            out.append(frame.payload)
+            del self.buf[:size]
         return out
 
     def recv(self) -> bytes:

@@ -1,7 +1,7 @@
-"""Issue 5, section 1: the transport's hardening, one test per gap of websocket-server 0.6.4.
+"""The transport's hardening, one test per gap of websocket-server 0.6.4 (docs/dependencies.md).
 
 Raw sockets on loopback, where a WebSocket client library would hide the problem; each test's
-docstring says what the bare library does wrong (../shared/DEPENDENCIES.md, W2-W10).
+docstring says what the bare library does wrong. Frames are built and read with barmaid.frames.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
 from base64 import b64encode
 from hashlib import sha1
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
 from barmaid import server as server_module
-from barmaid import transport
+from barmaid import frames, transport
 from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.frames import Frame, Opcode
 from barmaid.server import BarmaidServer
 from barmaid.transport import Transport
 from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, eventually, is_final_status, status_times
@@ -32,7 +34,9 @@ from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, eventually, 
 # An exception that escapes a server thread is a failure here, not a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
-CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = (
+    Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE, Opcode.PING, Opcode.PONG
+)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: The echo payload of the big-frame tests: under max_message_bytes (64 KiB) once framed as JSON.
 BIG = "x" * 60_000
@@ -41,61 +45,40 @@ BIG = "x" * 60_000
 # ---- a WebSocket client by hand ----------------------------------------------------------
 
 
-def xor(key: bytes, data: bytes) -> bytes:
-    """RFC 6455 masking (one big-integer XOR: a flood of 60 KB frames stays cheap)."""
-    n = len(data)
-    repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
-
-
-def frame_bytes(
-    opcode: int, payload: bytes = b"", fin: bool = True, masked: bool = True, length: Optional[int] = None, rsv: int = 0
-) -> bytes:
-    """A client frame as RFC 6455 lays it out; `length` announces a size other than the payload's."""
-    n = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | rsv | opcode
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        header = struct.pack("!BB", first, mask_bit | n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", first, mask_bit | 126, n)
-    else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, n)
-    if not masked:
-        return header + payload
-    key = os.urandom(4)
-    return header + key + xor(key, payload)
+def frame_bytes(opcode: int, payload: bytes = b"", fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+    """A client frame, masked with a fresh key unless told otherwise."""
+    return frames.encode(opcode, payload, fin, os.urandom(4) if masked else None, rsv)
 
 
 def text_frame(message: Any) -> bytes:
     return frame_bytes(TEXT, json.dumps(message).encode())
 
 
-class Frame(NamedTuple):
-    fin: bool
-    opcode: int
-    payload: bytes
-
-
 class RawClient:
     """One WebSocket client written out by hand: the handshake and every frame are plain bytes."""
 
     def __init__(
-        self, port: int, rcvbuf: Optional[int] = None, read_size: int = 65536, read_pause: float = 0.0
+        self,
+        port: int,
+        rcvbuf: Optional[int] = None,
+        read_size: int = 65536,
+        read_pause: float = 0.0,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connect: the window is negotiated at the SYN.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(RECV_TIMEOUT)
-        self.sock.connect(("127.0.0.1", port))
+        self.sock.connect((host, port))
         self.read_size, self.read_pause = read_size, read_pause
         self._buffer = b""
 
-    def handshake(self, path: str = "/") -> "RawClient":
+    def handshake(self, path: str = "/", host: str = "127.0.0.1", origin: Optional[str] = None) -> "RawClient":
         key = b64encode(os.urandom(16)).decode()
+        origin_line = "" if origin is None else f"Origin: {origin}\r\n"
         self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin_line}Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         head = self.read_http_head()
@@ -116,14 +99,9 @@ class RawClient:
         self.sock.sendall(text_frame(message))
 
     def recv_frame(self) -> Frame:
-        b1, b2 = self._take(2)
-        assert not b2 & 0x80, "a server must not mask its frames"
-        n = b2 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", self._take(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", self._take(8))
-        return Frame(bool(b1 & 0x80), b1 & 0x0F, self._take(n))
+        header = frames.read_header(self._take)
+        assert header.mask is None, "a server must not mask its frames"
+        return Frame(header.opcode, frames.read_payload(self._take, header), header.fin)
 
     def recv_json(self) -> Any:
         frame = self.recv_frame()
@@ -148,7 +126,8 @@ class RawClient:
         frame = self.recv_frame()
         assert frame.opcode == CLOSE, f"expected a close frame, got {frame}"
         assert self.expect_eof() == b"", "data after the close frame"
-        return struct.unpack("!H", frame.payload[:2])[0]
+        code, _ = frames.parse_close(frame.payload)
+        return code
 
     def expect_eof(self) -> bytes:
         """Everything the server sends until it ends the connection (FIN, or a reset after it)."""
@@ -222,8 +201,8 @@ def start_transport():
     """Starts a bare Transport on loopback; on_message echoes the text back unless given."""
     started: list[Transport] = []
 
-    def start(on_message: Optional[Callable] = None, **options: Any) -> Transport:
-        started.append(Transport("127.0.0.1", 0, on_message or (lambda client, text: client.send(text)), **options))
+    def start(on_message: Optional[Callable] = None, host: str = "127.0.0.1", **options: Any) -> Transport:
+        started.append(Transport(host, 0, on_message or (lambda client, text: client.send(text)), **options))
         started[-1].start()
         return started[-1]
 
@@ -285,7 +264,7 @@ def test_a_frame_over_max_message_bytes_is_refused_with_1009_before_its_payload_
     assert bystander.echo() == []
     memory_before, started = rss_bytes(), time.monotonic()
     client = raw(server.port)
-    client.send_frame(TEXT, b"", length=length)  # header and mask: the payload never comes
+    client.sock.sendall(frames.encode_header(TEXT, length, mask=os.urandom(4)))  # the payload never comes
     assert client.expect_close() == 1009
     assert time.monotonic() - started < 1.0
     assert rss_bytes() - memory_before < 10 * 2**20
@@ -411,6 +390,44 @@ def test_handshake_junk_is_closed_with_one_log_line_and_no_traceback(server, raw
     assert raw(server.port).echo({"after": junk}) == []
 
 
+def test_a_drip_fed_handshake_is_closed_at_its_deadline(server, raw, monkeypatch):
+    """The timeout bounded each recv, not the handshake: one byte per 50 ms kept a thread for ever."""
+    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT", 0.3)
+    client = raw(server.port, handshake=False)
+    client.sock.sendall(b"GET / HTTP/1.1\r\nX-Drip: ")
+    client.sock.settimeout(0.05)
+    started = time.monotonic()
+    while time.monotonic() - started < RECV_TIMEOUT:
+        try:
+            client.sock.sendall(b"x")
+            if client.sock.recv(1) == b"":
+                break
+        except socket.timeout:
+            continue
+        except OSError:  # reset: closed as well
+            break
+    else:
+        pytest.fail(f"a handshake drip-fed for {RECV_TIMEOUT} s is still open (deadline 0.3 s)")
+    assert raw(server.port).echo() == []
+
+
+def test_connections_in_handshake_are_capped_by_closing_the_oldest(server, raw, monkeypatch, caplog):
+    """Every half-open connection held a thread (and a descriptor) until its peer gave up."""
+    monkeypatch.setattr(transport, "MAX_HANDSHAKES", 4)
+    established = raw(server.port)
+    assert established.echo() == []
+    threads = threading.active_count()
+    waiting = [raw(server.port, handshake=False) for _ in range(30)]
+    for client in waiting:
+        client.sock.sendall(b"GET / HTTP/1.1\r\n")
+    settle(threads + 4)
+    assert waiting[0].expect_eof() == b"", "the oldest handshake is still open"
+    assert raw(server.port).echo({"after": "30 half-open"}) == []
+    assert established.echo() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "handshake" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+
+
 # ---- frames we do not take ----------------------------------------------------------------
 
 
@@ -419,8 +436,10 @@ def test_handshake_junk_is_closed_with_one_log_line_and_no_traceback(server, raw
     [
         pytest.param(frame_bytes(TEXT, b'{"type": "echo", "data": "\xff\xfe"}'), 1007, id="invalid-utf8"),
         pytest.param(frame_bytes(BINARY, b"\x00\x81\x82"), 1003, id="binary"),
-        pytest.param(frame_bytes(CONTINUATION, b"more"), 1003, id="continuation"),
-        pytest.param(frame_bytes(TEXT, b'{"type": "ec', fin=False), 1003, id="fragmented-text"),
+        pytest.param(frame_bytes(CONTINUATION, b"more"), 1002, id="continuation-without-a-start"),
+        pytest.param(frame_bytes(TEXT, b'{"type": "ec', fin=False) + frame_bytes(TEXT, b"x"), 1002, id="text-in-text"),
+        pytest.param(frame_bytes(BINARY, b"\x00", fin=False), 1003, id="fragmented-binary"),
+        pytest.param(frame_bytes(TEXT, b"[", fin=False) + frame_bytes(BINARY, b"\x00"), 1002, id="binary-in-text"),
         pytest.param(frame_bytes(TEXT, b'{"type": "echo"}', masked=False), 1002, id="unmasked"),
         pytest.param(frame_bytes(0x3, b"?"), 1002, id="reserved-opcode"),
         pytest.param(frame_bytes(TEXT, b'{"type": "echo"}', rsv=0x40), 1002, id="rsv1-without-extension"),
@@ -440,18 +459,46 @@ def test_a_frame_we_do_not_take_is_answered_with_its_close_code(server, raw, cap
     assert bystander.echo() == []
 
 
+def test_a_fragmented_text_message_is_joined_and_control_frames_between_its_fragments_are_answered(server, raw):
+    """RFC 6455 5.4: a message may come in fragments, pings between them; the library merges or refuses them."""
+    message = {"type": "echo", "data": "🍸 " + "x" * 5000}
+    data = json.dumps(message, ensure_ascii=False).encode()
+    cut = data.index("🍸".encode()) + 2  # inside the character: fragments split bytes, not characters
+    client = raw(server.port)
+    client.sock.sendall(
+        frame_bytes(TEXT, data[:cut], fin=False)
+        + frame_bytes(PING, b"between")
+        + frame_bytes(CONTINUATION, data[cut:3000], fin=False)
+        + frame_bytes(CONTINUATION, b"", fin=False)
+        + frame_bytes(CONTINUATION, data[3000:])
+    )
+    assert client.recv_frame() == Frame(PONG, b"between")
+    assert client.recv_json() == message
+    assert client.echo() == []
+
+
+def test_a_fragmented_message_over_max_message_bytes_is_refused_with_1009_before_the_excess_is_read(server, raw):
+    """The limit is on the message: fragments each under it, together over it, are refused at the header."""
+    limit = server.config.server.max_message_bytes
+    client = raw(server.port)
+    client.sock.sendall(frame_bytes(TEXT, b'"' + b"x" * (limit - 100), fin=False))
+    client.sock.sendall(frames.encode_header(CONTINUATION, 101, mask=os.urandom(4)))  # its payload never comes
+    assert client.expect_close() == 1009
+    assert raw(server.port).echo() == []
+
+
 def test_ping_is_answered_with_a_pong_of_the_same_payload(server, raw):
     """The library decodes the ping payload as UTF-8 (binary payloads raise) and pongs it re-encoded."""
     client = raw(server.port)
     client.send_frame(PING, b"\xff\x00 ping \x80")
-    assert client.recv_frame() == Frame(True, PONG, b"\xff\x00 ping \x80")
+    assert client.recv_frame() == Frame(PONG, b"\xff\x00 ping \x80")
     assert client.echo() == []
 
 
 def test_close_is_answered_with_a_close(server, raw):
     """The library drops the connection on a close frame without answering it."""
     client = raw(server.port)
-    client.send_frame(CLOSE, struct.pack("!H", 1000) + b"bye")
+    client.send_frame(CLOSE, frames.close_payload(1000) + b"bye")
     assert client.expect_close() == 1000
     wait_until(lambda: server.transport.clients() == [], "the client gone from the registry")
 
@@ -519,7 +566,7 @@ def test_one_client_over_max_clients_is_refused_with_1013_and_admitted_once_one_
     assert raw(server.port).expect_close() == 1013
     for client in (first, second, third):
         assert client.echo({"after": "refusal"}) == []
-    first.send_frame(CLOSE, struct.pack("!H", 1000))
+    first.send_frame(CLOSE, frames.close_payload(1000))
     assert first.expect_close() == 1000
     wait_until(lambda: len(server.transport.clients()) == 2, "the first client gone from the registry")
     assert raw(server.port).echo() == []
@@ -585,7 +632,7 @@ def test_the_registry_survives_clients_coming_and_going_during_broadcasts(
         for _ in range(25):
             client = RawClient(served.port).handshake()
             if rng.random() < 0.5:
-                client.send_frame(CLOSE, struct.pack("!H", 1000))
+                client.send_frame(CLOSE, frames.close_payload(1000))
             client.close(abrupt=rng.random() < 0.5)
 
     readers = [threading.Thread(target=read, args=(n,), name=f"test-reader-{n}") for n in range(len(stayers))]
@@ -623,3 +670,285 @@ def test_connections_have_tcp_keepalive_so_a_vanished_peer_frees_its_slot(start_
         socket.IPPROTO_TCP, socket.TCP_KEEPCNT
     )
     assert probes == 30
+
+
+# ---- addresses ----------------------------------------------------------------------------
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+
+
+@needs_ipv6
+def test_an_ipv6_host_is_served_on_the_free_port_that_port_0_bound(start_transport, raw):
+    """The library's TCPServer is IPv4 only: host "::1" failed to bind."""
+    served = start_transport(host="::1")
+    assert served.port > 0
+    assert raw(served.port, host="::1").echo("over IPv6") == []
+
+
+@needs_ipv6
+def test_the_ipv6_any_address_serves_ipv4_and_ipv6_clients(start_transport, raw):
+    served = start_transport(host="::")
+    assert raw(served.port, host="::1").echo("v6") == []
+    assert raw(served.port, host="127.0.0.1").echo("v4") == []
+
+
+# ---- plain HTTP on the same port ----------------------------------------------------------
+
+PAGE = b"<!doctype html><title>barmaid</title>"
+
+
+def panel(target: str) -> Optional[transport.HttpResponse]:
+    """A stand-in for the service panel: one page, one missing file, and not ours for the rest."""
+    if target == "/":
+        return transport.HttpResponse(200, "text/html; charset=utf-8", PAGE)
+    if target == "/missing.js":  # a plain (status, type, body) tuple does as well
+        return 404, "text/plain; charset=utf-8", b"no such file\n"  # type: ignore[return-value]
+    if target == "/boom":
+        raise RuntimeError("panel failed")
+    return None
+
+
+def http(port: int, request: str) -> tuple[str, dict[str, str], bytes]:
+    """Sends one HTTP request; the status line, the headers and the body, read until the server hangs up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=RECV_TIMEOUT) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status, headers, body
+
+
+def test_a_plain_get_is_answered_by_the_http_handler_with_strict_headers(start_transport, raw):
+    served = start_transport(http_handler=panel)
+    status, headers, body = http(served.port, "GET / HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 200 OK" and body == PAGE
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Content-Length"] == str(len(PAGE))
+    assert headers["Connection"] == "close"
+    assert headers["Cache-Control"] == "no-cache"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "connect-src 'self' ws: wss:" in policy, policy
+    assert "unsafe" not in policy and "frame-ancestors 'none'" in policy, policy
+    status, headers, body = http(served.port, "HEAD / HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 200 OK" and body == b"" and headers["Content-Length"] == str(len(PAGE))
+    status, _, body = http(served.port, "GET /missing.js HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 404 Not Found" and body == b"no such file\n"
+    assert raw(served.port).echo("the WebSocket on the same port") == []
+
+
+@pytest.mark.parametrize("handler", [None, panel], ids=["no-handler", "handler-says-none"])
+def test_a_plain_get_the_handler_does_not_take_keeps_the_426_answer(start_transport, handler):
+    served = start_transport(http_handler=handler)
+    status, headers, body = http(served.port, "GET /ws HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 426 Upgrade Required", status
+    assert b"WebSocket" in body and headers["X-Content-Type-Options"] == "nosniff"
+    status, _, body = http(served.port, "HEAD /ws HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 426 Upgrade Required" and body == b""
+
+
+def test_a_failing_http_handler_is_a_500_and_one_logged_traceback(start_transport, raw, caplog, capfd):
+    served = start_transport(http_handler=panel)
+    status, _, _ = http(served.port, "GET /boom HTTP/1.1\r\nHost: barmaid\r\n\r\n")
+    assert status == "HTTP/1.1 500 Internal Server Error"
+    [record] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert record.exc_info and "/boom" in record.getMessage()
+    assert "Traceback" not in capfd.readouterr().err
+    assert raw(served.port).echo() == []
+
+
+# ---- origins ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "admitted"),
+    [
+        ("http://kiosk.local", True),
+        ("http://127.0.0.1:{port}", True),
+        ("https://127.0.0.1:{port}", True),
+        ("HTTP://127.0.0.1:{port}/", True),
+        ("http://127.0.0.1:1", False),
+        ("http://127.0.0.1:{port}.evil.example", False),
+        ("http://evil.example", False),
+    ],
+)
+def test_the_servers_own_origin_is_always_allowed(start_transport, raw, origin, admitted):
+    """A page served by barmaid itself (its panel) comes from http://<Host>; allowed_origins need not name it."""
+    served = start_transport(allowed_origins=["http://kiosk.local"])
+    client = raw(served.port, handshake=False)
+    origin = origin.format(port=served.port)
+    if admitted:
+        client.handshake(host=f"127.0.0.1:{served.port}", origin=origin)
+        assert client.echo() == []
+    else:
+        client.sock.sendall(
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\nOrigin: {origin}\r\n".encode() + _UPGRADE + _KEY + b"\r\n"
+        )
+        assert client.read_http_head().startswith(b"HTTP/1.1 403 ")
+
+
+# ---- a server under a file limit ----------------------------------------------------------
+
+#: barmaid with simulated pumps in a process of its own, whose file limit is lowered once it
+#: listens to leave it argv[2] more descriptors: what LimitNOFILE does to a service.
+_LIMITED_SERVER = """
+import logging, os, resource, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+from barmaid.config import load_config
+from barmaid.drivers.simulated import SimulatedDriver
+from barmaid.server import BarmaidServer
+config = load_config(sys.argv[1], {"server": {"host": "127.0.0.1"}})
+config = config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
+server = BarmaidServer(config, SimulatedDriver([pump.gpio for pump in config.pumps]))
+server.start()
+highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(server.port, flush=True)
+sys.stdin.read()
+os._exit(0)  # the log is written; a graceful close is tested elsewhere
+"""
+
+
+class LimitedServer:
+    """The server above; `log` is its stderr, read once it has ended."""
+
+    def __init__(self, config: Path, spare_descriptors: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LIMITED_SERVER, str(config), str(spare_descriptors)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.port = int(self.proc.stdout.readline() or 0)
+        if not self.port:
+            pytest.fail(f"the limited server did not start: {self.stop()}")
+
+    def status(self, key: str) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {key} in /proc/{self.proc.pid}/status")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> str:
+        """Ends the server; its log."""
+        try:
+            _, self.log = self.proc.communicate("", timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, self.log = self.proc.communicate()
+        return self.log
+
+
+@pytest.fixture
+def limited_server(write_config):
+    started: list[LimitedServer] = []
+
+    def start(spare_descriptors: int, flow_ml_s: float = 400.0) -> LimitedServer:
+        from conftest import fast_pumps
+
+        started.append(LimitedServer(write_config({"pumps": fast_pumps(flow_ml_s)}), spare_descriptors))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def drip_feeders(port: int, count: int) -> list[socket.socket]:
+    """Up to `count` connections that begin a handshake and never finish it (fewer if the server stops accepting)."""
+    opened = []
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=RECV_TIMEOUT)
+        except OSError:
+            break  # the backlog stays full: the server no longer accepts
+        opened.append(sock)
+        time.sleep(0.001)  # a full backlog drops a SYN for a second; this test is about holding, not bursts
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: barmaid\r\nX-Drip: ")
+        except OSError:
+            pass  # already closed by the server to make room
+    return opened
+
+
+def new_client_echoes(port: int, what: str) -> None:
+    try:
+        client = RawClient(port).handshake()
+    except (OSError, EOFError) as exc:
+        pytest.fail(f"a new client cannot connect {what}: {exc!r}")
+    try:
+        assert client.echo(what) == []
+    finally:
+        client.close()
+
+
+def test_drip_fed_handshakes_leave_descriptors_and_threads_for_clients_and_for_stop(limited_server):
+    """300 slow handshakes held 303 threads; under a file limit no client could connect, not even to stop."""
+    served = limited_server(spare_descriptors=100, flow_ml_s=20.0)
+    pouring = RawClient(served.port).handshake()
+    try:
+        pouring.send_json({"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 1}}})  # 5 s
+        assert pouring.recv_json()["type"] == "status"
+        attackers = drip_feeders(served.port, 300)
+        try:
+            new_client_echoes(served.port, f"after {len(attackers)} drip-fed handshakes")
+            threads = served.status("Threads")
+            pouring.send_json({"type": "stop"})
+            statuses = pouring.recv_until()
+        finally:
+            for sock in attackers:
+                sock.close()
+    finally:
+        pouring.close()
+    assert len(attackers) == 300, f"the server stopped accepting after {len(attackers)} connections"
+    assert 0 < status_times(statuses)[-1] + 1 and statuses[-1]["data"]["remaining_time"] == 0
+    assert threads <= transport.MAX_HANDSHAKES + 16, f"{threads} threads in the server"
+    log = served.stop()
+    assert "Traceback" not in log, log
+
+
+def test_out_of_descriptors_the_accept_loop_does_not_spin_and_recovers(limited_server):
+    """On EMFILE socketserver's loop retried accept at once, for ever: 100 % CPU, and nothing served."""
+    served = limited_server(spare_descriptors=4)
+    established = RawClient(served.port).handshake()
+    try:
+        assert established.echo() == []
+        attackers = drip_feeders(served.port, 40)  # more than the spare descriptors; all fit in the backlog
+        try:
+            time.sleep(0.2)  # the server takes what it can
+            before = served.cpu_seconds()
+            time.sleep(1.0)
+            spent = served.cpu_seconds() - before
+            assert established.echo({"while": "out of descriptors"}) == []
+            new_client_echoes(served.port, "while out of descriptors (the oldest handshake gives way)")
+        finally:
+            for sock in attackers:
+                sock.close()
+        new_client_echoes(served.port, "once the attackers are gone")
+        assert established.echo({"after": "out of descriptors"}) == []
+    finally:
+        established.close()
+    assert spent < 0.2, f"the server spent {spent:.2f} s of CPU in 1 s doing nothing"
+    log = served.stop()
+    assert log.count("cannot accept a connection") == 1, log
+    assert "Traceback" not in log, log
