@@ -199,6 +199,7 @@ class Controller:
             self.pumps.append(
                 PumpState(
                     pump=number,
+                    name=pump.name,
                     flow_ml_s=record.flow_ml_s or pump.flow_ml_s,  # a calibration wins over the config
                     prime_ml=pump.prime_ml,
                     level_ml=record.level_ml,
@@ -271,6 +272,7 @@ class Controller:
                 state=self.state,
                 action=action.kind if action else None,
                 remaining_time=self.remaining(),
+                hardware=self.driver.available,
                 pumps=list(self.pumps),
             )
 

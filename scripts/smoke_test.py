@@ -3,7 +3,7 @@
 
 Echo round trip, then each pump alone pours a small volume, then a two-pump blend; it watches the
 statuses, prints a table and exits non-zero on any failure. Needs websocket-client
-(`pip install 'barmaid[test]'`). Example: `python scripts/smoke_test.py --pumps 0,1 --ml 5`.
+(`pip install websocket-client`, or `pip install '.[test]'` in the checkout). Example: `python scripts/smoke_test.py --pumps 0,1 --ml 5`.
 """
 
 from __future__ import annotations
