@@ -102,12 +102,10 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def fast_config(write_config: Callable[..., Path]) -> Config:
     """8 fast pumps, loopback, status every 50 ms; port 0 so the OS picks a free one."""
-    config = load_config(
+    return load_config(
         write_config({"pumps": fast_pumps()}),
-        {"server": {"host": "127.0.0.1", "status_interval": 0.05}},
+        {"server": {"host": "127.0.0.1", "port": 0, "status_interval": 0.05}},
     )
-    # server.port must be >= 1 in a config; port 0 is for tests only, so it bypasses validation.
-    return config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
 
 
 # ---- a controller with simulated pumps, no network ----------------------------------------
