@@ -652,6 +652,7 @@ class Welcome(Reply):
     """The answer to `hello`: what this server is, and whether this connection may pour."""
 
     type: ClassVar[str] = "welcome"
+    keep_nulls: ClassVar[bool] = True  # a pump's level_ml null means "not tracked"
     msg: str
     server: str = Field(__version__, description="barmaid's version")
     protocol: int = Field(PROTOCOL_VERSION, description="raised whenever the protocol changes")
