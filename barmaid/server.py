@@ -90,9 +90,10 @@ class BarmaidServer:
 
     def start(self) -> None:
         self.transport.start()
+        host = self.config.server.host
         log.info(
             "barmaid listening on ws://%s:%d with %d %s pumps",
-            self.config.server.host,
+            f"[{host}]" if ":" in host else host,
             self.port,
             len(self.config.pumps),
             "simulated" if self.config.driver.kind == "sim" else self.config.driver.kind,
@@ -142,7 +143,9 @@ class BarmaidServer:
         try:
             reply = self.controller.submit(request)
         finally:
-            self._ack.send = None
+            unsent, self._ack.send = getattr(self._ack, "send", None), None
+        if unsent is not None:  # it started without a status from this thread: acknowledge it now
+            unsent()
         if request.guarded and not request.blocking:
             log.info("%r: %s %s", client, request.type, request.model_dump_json())
         if reply is None and hasattr(request, "pump") and not request.blocking:

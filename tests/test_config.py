@@ -207,3 +207,10 @@ def test_a_bind_failure_other_than_a_taken_port_does_not_blame_another_barmaid()
     assert "another barmaid" in taken
     missing = _cannot_listen("::1", 8765, OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"))
     assert "[::1]:8765" in missing and "another barmaid" not in missing
+
+
+def test_serve_refuses_a_status_interval_that_would_spin_and_exits_2(write_config, capsys):
+    from barmaid.cli import main
+
+    assert main(["serve", "--config", str(write_config("server:\n  status_interval: 1.0e-12\n"))]) == 2
+    assert "server.status_interval = 1e-12: must be a number >= 0.05" in capsys.readouterr().err

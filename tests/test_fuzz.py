@@ -43,6 +43,10 @@ field_values = (
     | st.integers(min_value=-2, max_value=9)
     | st.sampled_from([0, 1, -0.0, 1e-300, 5e-324, 0.02, 0.0201, 1e308, 10**400, "0", "7", "8", "-1", "1.5", "", "٣"])
 )
+#: Request ids: valid ones, and near misses (too long, too large, booleans, fractions).
+ids = st.text(min_size=1, max_size=64) | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1) | st.sampled_from(
+    ["", "x" * 65, 2**53, True, 1.5, 3.0, None]
+)
 pump_keys = st.sampled_from(["0", "1", "7"])
 ratios = (
     st.dictionaries(pump_keys, st.floats(min_value=0, max_value=0.4), min_size=1, max_size=3)
@@ -101,7 +105,7 @@ def exchange(fuzzed: tuple[BarmaidServer, Peer], text: str) -> None:
         assert len(server.controller.driver.timeline) == switches, "a pump moved for a message answered with an error"
     else:
         assert request is not None, f"an invalid message was answered with {reply}"
-        if reply["type"] == "status" and not is_final_status(reply):
+        if reply["type"] in ("status", "started") and not is_final_status(reply):
             peer.recv_until(is_final_status)  # statuses go to every client
     if sender is not peer:
         sender.close()
@@ -122,7 +126,11 @@ def test_any_text_as_a_frame_gets_one_answer(fuzzed, text):
 
 
 @FUZZ
-@given(message=st.fixed_dictionaries({"type": message_types}, optional={"data": json_values, "extra": json_values}))
+@given(
+    message=st.fixed_dictionaries(
+        {"type": message_types}, optional={"data": json_values, "extra": json_values, "id": ids | json_values}
+    )
+)
 def test_any_message_shape_gets_one_answer(fuzzed, message):
     exchange(fuzzed, json.dumps(message))
 

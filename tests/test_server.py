@@ -329,3 +329,33 @@ def test_set_level_is_logged_with_the_client(server, connect, caplog):
     peer.send({"type": "set_level", "data": {"pump": 1, "ml": 300}})
     peer.recv_until(lambda m: m["type"] == "done")
     assert any("set_level" in r.getMessage() and "client" in r.getMessage() for r in caplog.records)
+
+
+def test_serve_with_port_0_listens_on_a_free_port_and_logs_it(tmp_path):
+    """`barmaid serve --port 0` in a subprocess: the log line names the port the system chose."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import Peer
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in proc.stderr:
+            listening = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
+            if listening:
+                break
+        port = int(listening.group(1))
+        assert port != 0
+        peer = Peer(f"ws://127.0.0.1:{port}/")
+        assert peer.echo("port 0") == []
+        peer.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
