@@ -170,8 +170,9 @@ class BarmaidServer:
         and one log line saying who was refused and why."""
         code = error_code(exc)
         msg = str(exc) if isinstance(exc, BarmaidError) else INTERNAL_ERROR
-        if code != "internal":
-            log.info("refused %r (%s): %s", client, code, msg)
+        if code != "internal":  # an internal error was logged with its traceback already
+            # A wrong token may be someone trying the door: worth a warning.
+            log.log(logging.WARNING if code == "token" else logging.INFO, "refused %r (%s): %s", client, code, msg)
         if client.id not in self._extended:
             client.send(Error(msg=msg).frame())
             return
@@ -192,7 +193,6 @@ class BarmaidServer:
         token = self.config.server.token
         if token is not None and request.token is not None:
             if not hmac.compare_digest(request.token.encode(), token.encode()):
-                log.warning("%r presented a wrong token", client)
                 raise TokenRequired("hello: wrong token; ask the machine's owner for server.token")
             self._trusted.add(client.id)
         may_pour = self._may_pour(client)
