@@ -271,7 +271,7 @@ def test_hello_without_a_token_answers_welcome_saying_what_the_server_is(server,
     assert data["types"] == list(protocol.REQUESTS)
     assert data["token_required"] is False and data["may_pour"] is True and data["hardware"] is True
     assert data["limits"] == {
-        "pumps": 8, "max_cup_size": 1.0, "max_pump_seconds": 120.0, "max_message_bytes": 65536,
+        "pumps": 8, "max_cup_size": 1.0, "max_pump_seconds": 120.0, "max_parallel_pumps": None, "max_message_bytes": 65536,
         "max_depth": 32, "max_id_length": 64, "status_interval": 0.05,
     }
     assert [p["pump"] for p in data["pumps"]] == list(range(8)) and "gpio" not in data["pumps"][0]
