@@ -190,9 +190,22 @@ def test_a_pump_may_have_a_name_of_up_to_40_characters(write_config):
         load_config(write_config({"pumps": [{"gpio": 5, "name": "x" * 41}]}))
 
 
-def test_serve_prints_a_config_error_from_a_flag_and_exits_2(capsys):
-    from barmaid.cli import main
+@pytest.fixture
+def main():
+    """barmaid's `main`, run in this process; the logging set-up `serve` does is undone after."""
+    import logging
 
+    from barmaid.cli import main as barmaid_main
+
+    root, library = logging.getLogger(), logging.getLogger("transitions")
+    handlers, level, library_level = root.handlers[:], root.level, library.level
+    yield barmaid_main
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    library.setLevel(library_level)
+
+
+def test_serve_prints_a_config_error_from_a_flag_and_exits_2(main, capsys):
     assert main(["serve", "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert "command line: server.port = 70000: must be a number <= 65535" in err and "defaults" not in err
@@ -209,8 +222,6 @@ def test_a_bind_failure_other_than_a_taken_port_does_not_blame_another_barmaid()
     assert "[::1]:8765" in missing and "another barmaid" not in missing
 
 
-def test_serve_refuses_a_status_interval_that_would_spin_and_exits_2(write_config, capsys):
-    from barmaid.cli import main
-
+def test_serve_refuses_a_status_interval_that_would_spin_and_exits_2(main, write_config, capsys):
     assert main(["serve", "--config", str(write_config("server:\n  status_interval: 1.0e-12\n"))]) == 2
     assert "server.status_interval = 1e-12: must be a number >= 0.05" in capsys.readouterr().err
