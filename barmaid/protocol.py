@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional, Union
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from . import __version__
 from .errors import BadMessage
 from .explain import allowed, clip, show
+from .strictjson import MAX_DEPTH, decode, encode
 
 if TYPE_CHECKING:
     from .config import Config
@@ -27,17 +27,14 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 2
 #: Ratios are floats; 0.35 + 0.65 must not count as more than a full cup.
 RATIO_SUM_TOLERANCE = 1e-6
-#: Arrays and objects inside one another, the message itself included.
-MAX_DEPTH = 32
 #: The longest string a request's "id" may be.
 MAX_ID_LENGTH = 64
 #: Integer ids stay within what a JavaScript number holds exactly.
 MAX_ID_INTEGER = 2**53 - 1
-#: Keys a message may have besides nothing else.
+#: The keys a message may have; any other is refused.
 ENVELOPE_KEYS = ("type", "data", "id")
 #: A pump number written as JSON text: decimal, without leading zeros.
 _CANONICAL = re.compile(r"0|[1-9][0-9]{0,2}")
-_FLOAT_MAX_DIGITS = len(str(int(sys.float_info.max)))
 
 RequestId = Union[str, int]
 
@@ -53,95 +50,6 @@ class Limits:
     @classmethod
     def from_config(cls, config: "Config") -> "Limits":
         return cls(len(config.pumps), config.limits.max_cup_size, config.limits.max_pump_seconds)
-
-
-# ---- strict JSON ----------------------------------------------------------------------------
-
-
-class _Refused(ValueError):
-    """Valid for Python's json module, but not a JSON document barmaid accepts."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _Refused(f"{name} is not JSON: JSON numbers are finite; send a number")
-
-
-def _too_large(text: str) -> _Refused:
-    return _Refused(f"the number {clip(text, 40)} is too large: a float cannot hold it (the largest is about 1.8e308)")
-
-
-def _float(text: str) -> float:
-    number = float(text)
-    if math.isinf(number):
-        raise _too_large(text)
-    return number
-
-
-def _int(text: str) -> int:
-    # Python refuses int() of more than 4300 digits with its own ValueError: check the length first.
-    if len(text.lstrip("-")) > _FLOAT_MAX_DIGITS:
-        raise _too_large(text)
-    number = int(text)
-    try:
-        float(number)
-    except OverflowError:
-        raise _too_large(text) from None
-    return number
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        key = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise _Refused(f"duplicate key {clip(json.dumps(key), 40)}: give each key once")
-    return result
-
-
-def _depth(value: Any) -> int:
-    """How many arrays and objects are nested in `value`, counting itself (without recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is not None:
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-_number_hooks: dict[str, Any] = {"parse_float": _float, "parse_int": _int}
-_MAYBE_HUGE = re.compile(r"[0-9]{300}|[eE]\+?0*[3-9][0-9]{2}")
-_TOO_DEEP = f"nested too deeply: at most {MAX_DEPTH} levels of arrays and objects"
-
-
-def decode(frame: str) -> Any:
-    """One JSON document, strictly: no NaN or Infinity, no duplicate key, only numbers a float holds,
-    at most MAX_DEPTH levels deep.
-
-    Raises:
-        BadMessage: naming what was wrong.
-    """
-    # Only a frame with a long run of digits or an exponent of 300 or more can hold a number too
-    # large for a float: the others skip the (slower) number hooks.
-    numbers = _number_hooks if _MAYBE_HUGE.search(frame) else {}
-    try:
-        value = json.loads(frame, parse_constant=_no_constant, object_pairs_hook=_object, **numbers)
-    except _Refused as exc:
-        raise BadMessage(str(exc)) from None
-    except RecursionError:
-        raise BadMessage(_TOO_DEEP) from None
-    except ValueError:
-        raise BadMessage(f'not JSON: send an object like {{"type": "echo", "data": "hi"}}, got {clip(frame)}') from None
-    # Counting brackets first keeps the walk off the common, shallow frame.
-    if frame.count("[") + frame.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
-        raise BadMessage(_TOO_DEEP)
-    return value
-
-
-def encode(value: Any) -> str:
-    """JSON text that every parser reads: NaN and Infinity raise ValueError instead of going out."""
-    return json.dumps(value, allow_nan=False)
 
 
 # ---- fields ---------------------------------------------------------------------------------

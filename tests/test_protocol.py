@@ -1,4 +1,5 @@
-"""Protocol `parse`: what each client message becomes, and the words for each bad one."""
+"""Protocol `parse` and strict JSON: what each client message becomes, the words for each bad one,
+and the published schema agreeing with both."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 import math
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from barmaid.errors import BadMessage
-from barmaid.protocol import Blend, Echo, Limits, Refill, parse
+from barmaid.protocol import Blend, Echo, Limits, Refill, parse, read_frame, schema
+from barmaid.strictjson import MAX_DEPTH, decode, encode
+from conftest import GOOD_INPUTS
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)
 
@@ -82,11 +86,6 @@ def test_configured_pump_count_decides_which_pumps_exist():
 
 
 # ---- strict JSON, ids, and the schema agreeing with the parser ------------------------------
-
-from jsonschema import Draft202012Validator  # noqa: E402
-
-from barmaid.protocol import MAX_DEPTH, Limits as _Limits, decode, encode, read_frame, schema  # noqa: E402
-from conftest import GOOD_INPUTS  # noqa: E402
 
 TO_SERVER = Draft202012Validator({"$defs": schema()["$defs"], "$ref": "#/$defs/ToServer"})
 
@@ -186,7 +185,7 @@ def test_a_frame_without_id_has_id_none():
 
 
 def test_the_schema_follows_the_configured_pumps_and_limits():
-    four = Draft202012Validator({"$defs": schema(_Limits(4, 0.5, 10))["$defs"], "$ref": "#/$defs/ToServer"})
+    four = Draft202012Validator({"$defs": schema(Limits(4, 0.5, 10))["$defs"], "$ref": "#/$defs/ToServer"})
     assert four.is_valid({"type": "refill", "data": {"pump": "3"}})
     assert not four.is_valid({"type": "refill", "data": {"pump": "4"}})
     assert not four.is_valid({"type": "blend", "data": {"cup_size": 0.6, "ratios": {"0": 1}}})

@@ -5,9 +5,13 @@ Pumps run at 400 ml/s: a 0.1 l blend lasts 0.25 s, a full 1 l cup 2.5 s (ended b
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
-from conftest import assert_countdown, status_times
+from barmaid import __version__, protocol
+from conftest import assert_countdown, is_final_status, status_times
 
 #: A blend that outlasts any test that does not wait for it: 1 l at 400 ml/s is 2.5 s.
 LONG_BLEND = {"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 1}}}
@@ -135,12 +139,6 @@ def test_server_close_mid_blend_sends_0_then_closes_every_client(server, connect
 
 
 # ---- the extended protocol: ids, codes, acknowledgements, hello --------------------------
-
-import json  # noqa: E402
-import logging  # noqa: E402
-
-from barmaid import __version__, protocol  # noqa: E402
-from conftest import is_final_status  # noqa: E402
 
 SHORT_BLEND = {"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 1}}}
 SEED_KEYS = {"status": {"remaining_time", "action", "initial_time", "outcome"}, "echo": None, "error": {"msg"}}
