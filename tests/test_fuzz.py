@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from barmaid import transport
 from barmaid.config import Config
 from barmaid.drivers.simulated import SimulatedDriver
-from barmaid.protocol import REQUESTS, Echo, parse
+from barmaid.protocol import REQUESTS, Echo, parse, read_frame
 from barmaid.server import BarmaidServer
 from conftest import Peer, close_quickly, fast_pumps, is_final_status
 from test_transport import RawClient, rss_bytes, wait_until
@@ -99,7 +99,8 @@ def exchange(fuzzed: tuple[BarmaidServer, Peer], text: str) -> None:
     reply = sender.recv()
     event(f"{'valid' if request else 'invalid'}, answered {reply['type']}")  # --hypothesis-show-statistics
     if isinstance(request, Echo):
-        assert reply == {"type": "echo", "data": request.data}
+        request_id = read_frame(text).id
+        assert reply == {"type": "echo", "data": request.data, **({} if request_id is None else {"id": request_id})}
     elif reply["type"] == "error":
         assert list(reply["data"]) == ["msg"] if sender is peer else set(reply["data"]) <= {"msg", "code", "retry_in"}, reply
         assert len(server.controller.driver.timeline) == switches, "a pump moved for a message answered with an error"
