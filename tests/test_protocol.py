@@ -190,3 +190,28 @@ def test_the_schema_follows_the_configured_pumps_and_limits():
     assert not four.is_valid({"type": "refill", "data": {"pump": "4"}})
     assert not four.is_valid({"type": "blend", "data": {"cup_size": 0.6, "ratios": {"0": 1}}})
     assert not four.is_valid({"type": "calibrate", "data": {"pump": 0, "seconds": 11}})
+
+
+def test_a_new_request_model_slots_into_parse_and_the_schema_by_being_listed(monkeypatch):
+    """How `prime` or `reset_calibration` join: a model with a type, listed in REQUESTS."""
+    from barmaid import protocol
+
+    class Prime(protocol.Request):
+        """Fills one pump's tube."""
+
+        type = "prime"
+        guarded = True
+        blocking = True
+        pump: protocol.PumpNumber
+
+    monkeypatch.setitem(protocol.REQUESTS, "prime", Prime)
+    primed = parse('{"type": "prime", "data": {"pump": "3"}}', LIMITS)
+    assert isinstance(primed, Prime) and primed.pump == 3
+    with pytest.raises(BadMessage, match='prime: unknown key "pumps" in data; allowed: pump'):
+        parse('{"type": "prime", "data": {"pumps": [3]}}', LIMITS)
+    generated = schema()
+    Draft202012Validator.check_schema(generated)
+    validator = Draft202012Validator({"$defs": generated["$defs"], "$ref": "#/$defs/ToServer"})
+    assert validator.is_valid({"type": "prime", "data": {"pump": 3}, "id": 1})
+    assert not validator.is_valid({"type": "prime", "data": {"pump": 8}})
+    assert not validator.is_valid({"type": "prime", "data": {"pump": 3, "extra": 1}})
