@@ -75,7 +75,10 @@ def _depth(value: Any) -> int:
 
 
 _number_hooks: dict[str, Any] = {"parse_float": _float, "parse_int": _int}
-_MAYBE_HUGE = re.compile(r"[0-9]{300}|[eE]\+?0*[3-9][0-9]{2}")
+#: A number overflows a float only with 300 or more digits before its point, or with fewer and
+#: an exponent of 10 or more: frames with neither skip the (slower) number hooks.
+_EXPONENT = re.compile(r"[eE]\+?0*[1-9][0-9]")
+_DIGIT_RUN = re.compile(r"[0-9]{300}")
 _TOO_DEEP = f"nested too deeply: at most {MAX_DEPTH} levels of arrays and objects"
 
 
@@ -86,9 +89,8 @@ def decode(frame: str) -> Any:
     Raises:
         BadMessage: naming what was wrong.
     """
-    # Only a frame with a long run of digits or an exponent of 300 or more can hold a number too
-    # large for a float: the others skip the (slower) number hooks.
-    numbers = _number_hooks if _MAYBE_HUGE.search(frame) else {}
+    huge = _EXPONENT.search(frame) or (len(frame) >= 300 and _DIGIT_RUN.search(frame))
+    numbers = _number_hooks if huge else {}
     try:
         value = json.loads(frame, parse_constant=_no_constant, object_pairs_hook=_object, **numbers)
     except _Refused as exc:

@@ -7,6 +7,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from barmaid.errors import BadMessage
@@ -215,3 +217,18 @@ def test_a_new_request_model_slots_into_parse_and_the_schema_by_being_listed(mon
     assert validator.is_valid({"type": "prime", "data": {"pump": 3}, "id": 1})
     assert not validator.is_valid({"type": "prime", "data": {"pump": 8}})
     assert not validator.is_valid({"type": "prime", "data": {"pump": 3, "extra": 1}})
+
+
+@given(
+    mantissa=st.integers(min_value=0, max_value=10**320),
+    fraction=st.sampled_from(["", ".5", ".000001"]),
+    exponent=st.sampled_from(["", "e0", "e9", "e10", "e+10", "e100", "e292", "e308", "E0308", "e-400", "e1000"]),
+)
+def test_decode_never_lets_a_number_through_that_a_float_cannot_hold(mantissa, fraction, exponent):
+    text = f"[{mantissa}{fraction}{exponent}]"
+    try:
+        [number] = decode(text)
+    except BadMessage as refused:
+        assert "too large" in str(refused)
+    else:
+        assert math.isfinite(float(number))
