@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import logging
 import signal
 import sys
@@ -35,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the pumps over a WebSocket (simulated pumps by default)")
     serve.add_argument("--config", type=Path, help="YAML configuration file (every key optional)")
-    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8765)")
+    serve.add_argument("--host", help="address to listen on, IPv4 or IPv6 (default 0.0.0.0; :: or ::1 for IPv6)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8765; 0: a free one, logged)")
     serve.add_argument("--driver", choices=("sim", "pigpio", "rgpio"), help="pump driver (default sim)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug details too")
 
@@ -116,8 +117,18 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where} (port in use); is another barmaid running? choose another --port"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where} (permission denied); ports below 1024 need root: choose --port 8765"
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {where} ({reason}); give --host an address of this machine, like 0.0.0.0, :: or ::1"
+
+
 def _serve(args: argparse.Namespace) -> int:
-    # force=True: websocket_server calls logging.basicConfig() when imported (W11).
+    # force=True: websocket_server calls logging.basicConfig() when imported (docs/dependencies.md).
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -145,10 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
         store.close()
         lock.release()
         if isinstance(exc, OSError):
-            raise BarmaidError(
-                f"cannot listen on {config.server.host}:{config.server.port} ({exc.strerror});"
-                " is another barmaid running? choose another --port"
-            ) from None
+            raise BarmaidError(_cannot_listen(config.server.host, config.server.port, exc)) from None
         raise
     atexit.register(server.controller.driver.close)  # last resort if something below escapes
     stop = threading.Event()

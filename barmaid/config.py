@@ -15,8 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .explain import allowed, show
 
-_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 #: BCM numbers of the 8 default pumps: free of I2C, SPI and UART, on the header's last rows.
 DEFAULT_GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
@@ -26,14 +27,21 @@ DEFAULT_FLOW_ML_S = 20.0
 MAX_FLOW_ML_S = 1000.0
 #: The tube of pump 0 is the shortest; each next pump sits 1 ml of tube further from the outlet.
 DEFAULT_PRIME_ML = tuple(8.0 + i for i in range(8))
+#: Shortest server.status_interval, in seconds.
+MIN_STATUS_INTERVAL = 0.05
+#: Longest pumps[i].name.
+MAX_NAME_LENGTH = 40
 
 
 class ServerConfig(BaseModel):
     model_config = _STRICT
 
-    host: str = "0.0.0.0"
-    port: int = Field(8765, ge=1, le=65535)
-    status_interval: float = Field(1.0, gt=0, le=60)
+    #: An IPv4 or IPv6 address or a host name ("::" listens on every IPv6 interface).
+    host: str = Field("0.0.0.0", min_length=1, max_length=255)
+    #: 0: the system picks a free port (logged at start-up).
+    port: int = Field(8765, ge=0, le=65535)
+    #: Faster than 20 a second would only spin the action clock; no GUI redraws that often.
+    status_interval: float = Field(1.0, ge=MIN_STATUS_INTERVAL, le=60)
     #: Larger frames are refused (close 1009) before their payload is read.
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     #: One more connection is refused with close 1013.
@@ -75,9 +83,10 @@ class DriverConfig(BaseModel):
 class LimitsConfig(BaseModel):
     model_config = _STRICT
 
-    max_cup_size: float = Field(1.0, gt=0, le=20)
-    #: No pump is ever commanded on for longer than this, whatever the request.
-    max_pump_seconds: float = Field(120.0, gt=0, le=1800)
+    #: At least 1 ml: a smaller limit would refuse every blend.
+    max_cup_size: float = Field(1.0, ge=0.001, le=20)
+    #: No pump is ever commanded on for longer than this, whatever the request; at least 10 ms.
+    max_pump_seconds: float = Field(120.0, ge=0.01, le=1800)
     #: Most pumps on at once (power supplies that cannot feed all); None: no cap.
     max_parallel_pumps: Optional[int] = Field(None, ge=1, le=32)
 
@@ -100,10 +109,13 @@ class PumpConfig(BaseModel):
 
     #: BCM number; pigpio lets a client drive GPIO 2 to 27 (the header's pins).
     gpio: int = Field(ge=2, le=27)
-    flow_ml_s: float = Field(DEFAULT_FLOW_ML_S, gt=0, le=MAX_FLOW_ML_S)
+    #: What the bottle holds ("rum"), shown to GUIs in state and welcome.
+    name: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME_LENGTH)
+    #: At least 0.01 ml/s: a slower pump would need hours for a cup.
+    flow_ml_s: float = Field(DEFAULT_FLOW_ML_S, ge=0.01, le=MAX_FLOW_ML_S)
     prime_ml: float = Field(8.0, ge=0, le=1000)
-    #: What a full bottle holds; None: its level is not tracked.
-    capacity_ml: Optional[float] = Field(None, gt=0, le=100_000)
+    #: What a full bottle holds (at least 1 ml); None: its level is not tracked.
+    capacity_ml: Optional[float] = Field(None, ge=1, le=100_000)
     #: The simulated driver's truth for this pump; real drivers ignore it.
     sim: SimPumpConfig = SimPumpConfig()
 
@@ -130,7 +142,11 @@ class Config(BaseModel):
     @field_validator("data_dir", mode="before")
     @classmethod
     def _data_dir_as_path(cls, value: Any) -> Any:
-        return Path(value).expanduser() if isinstance(value, str) else value
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"data_dir = {show(value, name_containers=True)}: must be a folder name")
+        return Path(value).expanduser()
 
     @field_validator("pumps", mode="before")
     @classmethod
@@ -159,44 +175,56 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, dict[
         overrides: section -> key -> value, from command-line flags; None values are ignored.
 
     Raises:
-        ConfigError: naming the file, the key, the value and what is allowed.
+        ConfigError: naming where the value came from (the file or the command line), the key,
+            the value and what is allowed.
     """
-    source = str(path) if path else "defaults"
     raw: Any = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            with open(path, encoding="utf-8") as stream:  # a stream: YAML errors then name the file
+                raw = yaml.safe_load(stream) or {}
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {show(raw, name_containers=True)}")
+    flags: set[tuple[str, str]] = set()
     for section, values in (overrides or {}).items():
         given = {k: v for k, v in values.items() if v is not None}
         current = raw.get(section, {})
         if given and isinstance(current, dict):  # a broken section stays broken, to be reported
             raw[section] = {**current, **given}
+            flags.update((section, key) for key in given)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         # A pump with a bad key also empties the tuple "after validation": report only the key.
-        errors = [err for err in exc.errors() if err["type"] != "too_short"] or exc.errors()
-        raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in errors)) from None
+        errors = [err for err in exc.errors() if err["type"] != "too_short" or err["loc"] != ("pumps",)]
+        errors = errors or exc.errors()
+        lines = []
+        for err in errors:
+            source = "command line" if tuple(err["loc"][:2]) in flags else str(path) if path else "defaults"
+            lines.append(f"{source}: {_describe(err)}")
+        raise ConfigError("; ".join(lines)) from None
 
 
 def _describe(err: Any) -> str:
     key = ".".join(str(part) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         parent = key.rpartition(".")[0]
-        allowed = _allowed_keys(err["loc"][:-1])
+        allowed_keys = _allowed_keys(err["loc"][:-1])
         where = f" in {parent}" if parent else ""
-        return f"unknown key {key!r}{where}; allowed: {', '.join(allowed)}"
+        return f"unknown key {key!r}{where}; allowed: {', '.join(allowed_keys)}"
+    if err["type"] == "missing":
+        return f"{key} is missing; give it a value"
     if err["type"] == "value_error":
         return err["msg"].removeprefix("Value error, ")
-    return f"{key} = {err['input']!r}: {err['msg'][0].lower()}{err['msg'][1:]}"
-
-
+    if err["loc"] == ("pumps",) and err["type"] == "too_short":
+        return "pumps must list at least one pump, like [{gpio: 5}]"
+    if err["type"] in ("model_type", "model_attributes_type"):
+        return f"{key} = {show(err['input'], name_containers=True)}: must be a mapping with the keys {', '.join(_allowed_keys(err['loc']))}"
+    return f"{key} = {show(err['input'], name_containers=True)}: must be {allowed(err)}"
 def _allowed_keys(loc: tuple) -> list[str]:
     model: Any = Config
     for part in loc:

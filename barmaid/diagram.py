@@ -35,7 +35,7 @@ def draw(fmt: str = "mermaid", definition: Optional[dict[str, Any]] = None) -> s
             import graphviz  # noqa: F401  (transitions silently falls back to mermaid without it)
         except ImportError:
             raise BarmaidError(
-                f"--format {fmt} needs the graphviz package: pip install 'barmaid[diagram]'"
+                f"--format {fmt} needs the graphviz package: pip install graphviz (in barmaid's venv)"
             ) from None
     machine = GraphMachine(
         model=_Drawing(), title="barmaid", graph_engine=engine, auto_transitions=False, **definition

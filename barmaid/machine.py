@@ -220,6 +220,7 @@ class Controller:
             self.pumps.append(
                 PumpState(
                     pump=number,
+                    name=pump.name,
                     prime_ml=pump.prime_ml,
                     level_ml=record.level_ml,
                     capacity_ml=pump.capacity_ml,
@@ -294,6 +295,7 @@ class Controller:
                 state=self.state,
                 action=action.kind if action else None,
                 remaining_time=self.remaining(),
+                hardware=self.driver.available,
                 pumps=self._pump_states(),
             )
 

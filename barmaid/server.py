@@ -12,16 +12,38 @@ import threading
 from typing import Callable, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
+from . import panel
 from .config import Config
 from .drivers.base import Driver
-from .errors import BadMessage, BarmaidError
+from .errors import BarmaidError, Busy, TokenRequired, error_code
 from .machine import Controller
-from .protocol import Echo, Hello, Limits, ResetCalibration, SetFlow, SetLevel, State, Welcome, echo_frame, error_frame, parse
+from .protocol import (
+    Done,
+    Echo,
+    Error,
+    Hello,
+    Limits,
+    Request,
+    RequestId,
+    ResetCalibration,
+    ServedLimits,
+    SetFlow,
+    SetLevel,
+    Started,
+    State,
+    Welcome,
+    build,
+    echo_frame,
+    read_frame,
+    request_model,
+)
 from .store import Store
 from .transport import Client, Transport
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
+
+INTERNAL_ERROR = "internal error (logged on the server); the pumps are safe, try again"
 
 
 class BarmaidServer:
@@ -37,7 +59,7 @@ class BarmaidServer:
             store: levels, calibrations, history; by default barmaid.db in config.data_dir.
         """
         self.config = config
-        self.limits = Limits(pumps=len(config.pumps), max_cup_size=config.limits.max_cup_size)
+        self.limits = Limits.from_config(config)
         self.transport = Transport(
             config.server.host,
             config.server.port,
@@ -46,9 +68,14 @@ class BarmaidServer:
             max_clients=config.server.max_clients,
             allowed_origins=config.server.allowed_origins,
             on_leave=self._forget,
+            http_handler=panel.respond,  # the service panel, on the WebSocket's port
         )
         #: Clients that presented server.token (set.add/discard are atomic).
         self._trusted: set[int] = set()
+        #: Clients that sent an id or a message beyond the seed: they get the new frames and keys.
+        self._extended: set[int] = set()
+        #: Per submitting thread: sends the `started` of the action it is starting (see _broadcast).
+        self._ack = threading.local()
         #: Clients that asked for the state once: they get it on every change.
         self._watchers: set[int] = set()
         self._watchers_lock = threading.Lock()
@@ -59,7 +86,7 @@ class BarmaidServer:
             self.controller = Controller(
                 config,
                 driver,
-                self.transport.broadcast,
+                self._broadcast,
                 store=store or Store(config.data_dir),
                 publish=self._publish_state,
             )
@@ -75,9 +102,10 @@ class BarmaidServer:
 
     def start(self) -> None:
         self.transport.start()
+        host = self.config.server.host
         log.info(
             "barmaid listening on ws://%s:%d with %d %s pumps",
-            self.config.server.host,
+            f"[{host}]" if ":" in host else host,
             self.port,
             len(self.config.pumps),
             "simulated" if self.config.driver.kind == "sim" else self.config.driver.kind,
@@ -91,30 +119,77 @@ class BarmaidServer:
             self.transport.close()
 
     def _on_message(self, client: Client, text: str) -> None:
+        request_id: Optional[RequestId] = None
         try:
-            request = parse(text, self.limits)
+            incoming = read_frame(text)
+            request_id = incoming.id
+            model = request_model(incoming.message)
+            if request_id is not None or not model.seed:
+                self._extended.add(client.id)
+            request = build(model, incoming.message, self.limits)
             if isinstance(request, Echo):
-                client.send(echo_frame(request.data))
-                return
-            if isinstance(request, Hello):
-                client.send(self._hello(client, request).frame())
-                return
-            if request.guarded and not self._may_pour(client):
-                raise BadMessage(
-                    f"{request.type}: this machine needs its token first: connect to ws://host:port/?token=..."
-                    ' or send {"type": "hello", "data": {"token": "..."}}'
-                )
-            if isinstance(request, (State, SetLevel, SetFlow, ResetCalibration)):  # they see the state from now on
-                with self._watchers_lock:
-                    self._watchers.add(client.id)
-            reply = self.controller.submit(request)
-            if reply is not None:
-                client.send(reply.frame())
+                client.send(echo_frame(request.data, request_id))
+            else:
+                self._serve(client, request, request_id)
         except BarmaidError as exc:
-            client.send(error_frame(str(exc)))
-        except Exception:
+            self._refuse(client, exc, request_id)
+        except Exception as exc:
             log.exception("failed on %.200r from %r", text, client)
-            client.send(error_frame("internal error (logged on the server); the pumps are safe, try again"))
+            self._refuse(client, exc, request_id)
+
+    def _serve(self, client: Client, request: Request, request_id: Optional[RequestId]) -> None:
+        """Carries out one valid request (not an echo) and answers its sender."""
+        if isinstance(request, Hello):
+            client.send(self._hello(client, request).frame(request_id))
+            return
+        if request.guarded and not self._may_pour(client):
+            raise TokenRequired(
+                f"{request.type}: this machine needs its token first: connect to ws://host:port/?token=..."
+                ' or send {"type": "hello", "data": {"token": "..."}}'
+            )
+        if isinstance(request, (State, SetLevel, SetFlow, ResetCalibration)):  # they see the state from now on
+            with self._watchers_lock:
+                self._watchers.add(client.id)
+        if request.blocking and client.id in self._extended:
+            self._ack.send = lambda: client.send(self._started(request).frame(request_id))
+        try:
+            reply = self.controller.submit(request)
+        finally:
+            unsent, self._ack.send = getattr(self._ack, "send", None), None
+        if unsent is not None:  # it started without a status from this thread: acknowledge it now
+            unsent()
+        if request.guarded and not request.blocking:
+            log.info("%r: %s %s", client, request.type, request.model_dump_json())
+        if reply is None and hasattr(request, "pump") and not request.blocking:
+            reply = Done(request=request.type, pump=self.controller.snapshot().pumps[request.pump])
+        if reply is not None:
+            client.send(reply.frame(request_id))
+
+    def _started(self, request: Request) -> Started:
+        action = self.controller.action  # set by the transition that is sending its first status
+        return Started(action=request.type, seconds=round(action.seconds, 3) if action else 0.0)
+
+    def _broadcast(self, frame: str) -> None:
+        """Sends a frame to every client; the first one the submitting thread sends for a new
+        action is preceded by that action's `started`, so the ack comes before every status."""
+        ack, self._ack.send = getattr(self._ack, "send", None), None
+        if ack is not None:
+            ack()
+        self.transport.broadcast(frame)
+
+    def _refuse(self, client: Client, exc: BaseException, request_id: Optional[RequestId]) -> None:
+        """One error to the sender, in the seed's shape unless it speaks the extended protocol,
+        and one log line saying who was refused and why."""
+        code = error_code(exc)
+        msg = str(exc) if isinstance(exc, BarmaidError) else INTERNAL_ERROR
+        if code != "internal":  # an internal error was logged with its traceback already
+            # A wrong token may be someone trying the door: worth a warning.
+            log.log(logging.WARNING if code == "token" else logging.INFO, "refused %r (%s): %s", client, code, msg)
+        if client.id not in self._extended:
+            client.send(Error(msg=msg).frame())
+            return
+        retry_in = exc.retry_in if isinstance(exc, Busy) else None
+        client.send(Error(msg=msg, code=code, retry_in=retry_in).frame(request_id))
 
     def _may_pour(self, client: Client) -> bool:
         token = self.config.server.token
@@ -128,11 +203,27 @@ class BarmaidServer:
 
     def _hello(self, client: Client, request: Hello) -> Welcome:
         token = self.config.server.token
-        if token is not None and not hmac.compare_digest(request.token.encode(), token.encode()):
-            log.warning("%r presented a wrong token", client)
-            raise BadMessage("hello: wrong token; ask the machine's owner for server.token")
-        self._trusted.add(client.id)
-        return Welcome()
+        if token is not None and request.token is not None:
+            if not hmac.compare_digest(request.token.encode(), token.encode()):
+                raise TokenRequired("hello: wrong token; ask the machine's owner for server.token")
+            self._trusted.add(client.id)
+        may_pour = self._may_pour(client)
+        limits = self.config.limits
+        return Welcome(
+            msg="this connection may pour" if may_pour else "send hello with server.token before pouring",
+            limits=ServedLimits(
+                pumps=self.limits.pumps,
+                max_cup_size=limits.max_cup_size,
+                max_pump_seconds=limits.max_pump_seconds,
+                max_parallel_pumps=limits.max_parallel_pumps,
+                max_message_bytes=self.config.server.max_message_bytes,
+                status_interval=self.config.server.status_interval,
+            ),
+            token_required=token is not None,
+            may_pour=may_pour,
+            hardware=self.controller.driver.available,
+            pumps=self.controller.snapshot().pumps,
+        )
 
     def _publish_state(self, frame: str) -> None:
         # `state` is not in the seed protocol: only clients that asked for it get it.
@@ -146,3 +237,4 @@ class BarmaidServer:
         with self._watchers_lock:
             self._watchers.discard(client.id)
         self._trusted.discard(client.id)
+        self._extended.discard(client.id)

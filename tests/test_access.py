@@ -134,3 +134,41 @@ def test_without_a_configured_token_hello_is_welcomed_and_blends_need_nothing(st
     client.send(BLEND)
     client.recv_until(is_final_status)
     client.close()
+
+
+def test_hello_without_a_token_on_a_guarded_machine_says_a_token_is_needed(start):
+    server = start(token=TOKEN)
+    client = Peer(url(server))
+    client.send({"type": "hello", "id": 1})
+    welcome = client.recv()
+    assert welcome["type"] == "welcome" and welcome["id"] == 1
+    assert welcome["data"]["token_required"] is True and welcome["data"]["may_pour"] is False
+    client.send({**BLEND, "id": 2})
+    refused = client.recv()
+    assert refused["data"]["code"] == "token" and refused["id"] == 2
+    client.send({"type": "hello", "data": {"token": "guess"}, "id": 3})
+    wrong = client.recv()
+    assert wrong["type"] == "error" and wrong["data"]["code"] == "token" and wrong["id"] == 3
+    client.send({"type": "hello", "data": {"token": TOKEN}})
+    assert client.recv()["data"]["may_pour"] is True
+    client.close()
+
+
+def test_the_token_in_the_url_shows_as_may_pour_in_welcome(start):
+    server = start(token=TOKEN)
+    client = Peer(url(server, f"?token={TOKEN}"))
+    client.send({"type": "hello"})
+    assert client.recv()["data"]["may_pour"] is True
+    client.close()
+
+
+def test_a_refused_token_is_logged_with_the_client(start, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="barmaid")
+    server = start(token=TOKEN)
+    client = Peer(url(server))
+    client.send(BLEND)
+    client.recv()
+    assert any(r.getMessage().startswith("refused client") and "(token)" in r.getMessage() for r in caplog.records)
+    client.close()

@@ -1,4 +1,4 @@
-"""Issue 5, section 3: hostile input by the thousand, and a storm of connections.
+"""Hostile input by the thousand, and a storm of connections.
 
 hypothesis sends any JSON, any message shape and any field type to one running server: each frame
 gets exactly one answer, no invalid one moves a pump, and the connection goes on.
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from barmaid import transport
 from barmaid.config import Config
 from barmaid.drivers.simulated import SimulatedDriver
-from barmaid.protocol import REQUESTS, Echo, parse
+from barmaid.protocol import REQUESTS, Echo, parse, read_frame
 from barmaid.server import BarmaidServer
 from conftest import Peer, close_quickly, fast_pumps, is_final_status
 from test_transport import RawClient, rss_bytes, wait_until
@@ -42,6 +42,10 @@ field_values = (
     | st.floats(min_value=-0.05, max_value=0.05)
     | st.integers(min_value=-2, max_value=9)
     | st.sampled_from([0, 1, -0.0, 1e-300, 5e-324, 0.02, 0.0201, 1e308, 10**400, "0", "7", "8", "-1", "1.5", "", "٣"])
+)
+#: Request ids: valid ones, and near misses (too long, too large, booleans, fractions).
+ids = st.text(min_size=1, max_size=64) | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1) | st.sampled_from(
+    ["", "x" * 65, 2**53, True, 1.5, 3.0, None]
 )
 pump_keys = st.sampled_from(["0", "1", "7"])
 ratios = (
@@ -88,19 +92,21 @@ def exchange(fuzzed: tuple[BarmaidServer, Peer], text: str) -> None:
         request = parse(text, server.limits)
     except Exception:  # noqa: BLE001 - parse's refusals, and its crashes: the server answers both with an error
         request = None
-    # Requests beyond the seed protocol may change what their sender gets later (state subscribes it).
-    sender = peer if request is None or request.seed else Peer(f"ws://127.0.0.1:{server.port}/")
+    # Anything but a valid seed request may make its sender a client of the extended protocol
+    # (state subscribes it; a new type or an id brings acks and error codes): a new client sends it.
+    sender = peer if request is not None and request.seed and "\"id\"" not in text else Peer(f"ws://127.0.0.1:{server.port}/")
     sender.send(text)
     reply = sender.recv()
     event(f"{'valid' if request else 'invalid'}, answered {reply['type']}")  # --hypothesis-show-statistics
     if isinstance(request, Echo):
-        assert reply == {"type": "echo", "data": request.data}
+        request_id = read_frame(text).id
+        assert reply == {"type": "echo", "data": request.data, **({} if request_id is None else {"id": request_id})}
     elif reply["type"] == "error":
-        assert list(reply["data"]) == ["msg"], reply
+        assert list(reply["data"]) == ["msg"] if sender is peer else set(reply["data"]) <= {"msg", "code", "retry_in"}, reply
         assert len(server.controller.driver.timeline) == switches, "a pump moved for a message answered with an error"
     else:
         assert request is not None, f"an invalid message was answered with {reply}"
-        if reply["type"] == "status" and not is_final_status(reply):
+        if reply["type"] in ("status", "started") and not is_final_status(reply):
             peer.recv_until(is_final_status)  # statuses go to every client
     if sender is not peer:
         sender.close()
@@ -121,7 +127,11 @@ def test_any_text_as_a_frame_gets_one_answer(fuzzed, text):
 
 
 @FUZZ
-@given(message=st.fixed_dictionaries({"type": message_types}, optional={"data": json_values, "extra": json_values}))
+@given(
+    message=st.fixed_dictionaries(
+        {"type": message_types}, optional={"data": json_values, "extra": json_values, "id": ids | json_values}
+    )
+)
 def test_any_message_shape_gets_one_answer(fuzzed, message):
     exchange(fuzzed, json.dumps(message))
 

@@ -276,7 +276,7 @@ def test_exception_while_starting_a_pour_still_returns_to_idle():
 
 
 def test_a_clock_that_fails_mid_pour_ends_the_action_instead_of_leaving_it_busy():
-    config = load_config(None, {"server": {"status_interval": 0.02}})
+    config = load_config(None, {"server": {"status_interval": 0.05}})
     statuses = []
 
     def broadcast_failing_on_ticks(frame: str) -> None:

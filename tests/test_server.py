@@ -5,9 +5,13 @@ Pumps run at 400 ml/s: a 0.1 l blend lasts 0.25 s, a full 1 l cup 2.5 s (ended b
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
-from conftest import assert_countdown, status_times
+from barmaid import __version__, protocol
+from conftest import assert_countdown, is_final_status, status_times
 
 #: A blend that outlasts any test that does not wait for it: 1 l at 400 ml/s is 2.5 s.
 LONG_BLEND = {"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 1}}}
@@ -114,7 +118,8 @@ def test_bad_input_answers_one_error_to_the_sender_and_changes_nothing(server, c
     peer = connect()
     peer.send(bad_input.frame)
     reply = peer.recv()
-    assert reply["type"] == "error" and list(reply["data"]) == ["msg"], reply
+    assert reply["type"] == "error" and set(reply["data"]) <= {"msg", "code"}, reply
+    assert reply["data"].get("code", "invalid") == "invalid" and "id" not in reply
     for fragment in bad_input.says:
         assert fragment in reply["data"]["msg"]
     assert peer.echo({"after": "bad input"}) == [], "more than one answer, or the connection broke"
@@ -131,3 +136,224 @@ def test_server_close_mid_blend_sends_0_then_closes_every_client(server, connect
     for peer in (sender, watcher):
         peer.recv_until()  # fails unless remaining_time 0 arrives
         assert peer.ws.recv() == "", "expected the close frame right after the final status"
+
+
+# ---- the extended protocol: ids, codes, acknowledgements, hello --------------------------
+
+SHORT_BLEND = {"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 1}}}
+SEED_KEYS = {"status": {"remaining_time", "action", "initial_time", "outcome"}, "echo": None, "error": {"msg"}}
+
+
+def test_a_seed_only_client_sees_only_seed_frames_with_the_seed_keys(server, connect):
+    """Busy, bad input, echo, another client's stop, its own blend: status, echo and error only,
+    errors with msg only, no id, no ack."""
+    seed, other = connect(), connect()
+    other.send(LONG_BLEND)
+    messages = seed.recv_until(lambda m: m["type"] == "status")
+    seed.send(SHORT_BLEND)
+    seed.send('{"type": "blend", "data": {"cup_size": NaN, "ratios": {"0": 1}}}')
+    messages += seed.echo(1e308) + [{"type": "echo", "data": 1e308}]
+    other.send({"type": "stop"})
+    messages += seed.recv_until(is_final_status)
+    seed.send(SHORT_BLEND)
+    messages += seed.recv_until(is_final_status)
+    for message in messages:
+        assert set(message) == {"type", "data"}, message
+        assert message["type"] in SEED_KEYS, message
+        keys = SEED_KEYS[message["type"]]
+        assert keys is None or set(message["data"]) <= keys, message
+    errors = [m["data"]["msg"] for m in messages if is_error(m)]
+    assert errors[0] == "Already blending ! Retry in 3 sec" and "NaN is not JSON" in errors[1]
+    assert len(errors) == 2
+
+
+def test_every_reply_carries_the_request_id_and_broadcasts_do_not(server, connect):
+    peer, other = connect(), connect()
+    peer.send({"type": "echo", "data": "x", "id": "e1"})
+    assert peer.recv() == {"type": "echo", "data": "x", "id": "e1"}
+    peer.send({"type": "state", "id": 2})
+    assert peer.recv()["id"] == 2
+    peer.send({"type": "history", "data": {"limit": 1}, "id": "h"})
+    assert peer.recv()["id"] == "h"
+    peer.send({"type": "hello", "id": "w"})
+    assert peer.recv()["id"] == "w"
+    peer.send({**SHORT_BLEND, "id": "b1"})
+    messages = peer.recv_until()
+    started = [m for m in messages if m["type"] == "started"]
+    assert started == [{"type": "started", "data": {"action": "blend", "seconds": 0.25}, "id": "b1"}]
+    assert all("id" not in m for m in messages if m["type"] != "started")
+    assert all("id" not in m for m in other.recv_until()), "a broadcast carried the sender's id"
+    peer.send({**LONG_BLEND, "id": 9})
+    peer.recv_until(lambda m: m["type"] == "status")
+    peer.send({"type": "stop", "id": "s"})
+    stopped = peer.recv_until(lambda m: m["type"] == "stopped")[-1]
+    assert stopped["id"] == "s" and stopped["data"]["action"] == "blend"
+
+
+def test_the_started_ack_comes_before_the_first_status_and_only_to_its_sender(server, connect):
+    peer, other = connect(), connect()
+    peer.send({"type": "refill", "data": {"pump": 0}, "id": 1})
+    assert [m["type"] for m in peer.recv_until()][:2] == ["started", "status"]
+    assert [m["type"] for m in other.recv_until()] == ["status", "status"]
+
+
+def test_a_client_that_sent_a_new_type_gets_acks_without_ids(server, connect):
+    peer = connect()
+    peer.send({"type": "state"})
+    peer.recv()
+    peer.send(SHORT_BLEND)
+    started = peer.recv_until()[0]
+    assert started == {"type": "started", "data": {"action": "blend", "seconds": 0.25}}
+
+
+def test_errors_to_an_extended_client_carry_the_code_and_the_id(server, connect):
+    peer, other = connect(), connect()
+    other.send(LONG_BLEND)
+    peer.recv_until(lambda m: m["type"] == "status")
+    peer.send({**SHORT_BLEND, "id": "again"})
+    busy = peer.recv_until(is_error)[-1]
+    assert busy == {
+        "type": "error",
+        "data": {"msg": "Already blending ! Retry in 3 sec", "code": "busy", "retry_in": 3},
+        "id": "again",
+    }
+    peer.send({"type": "refill", "data": {"pump": 8}, "id": 4})
+    invalid = peer.recv_until(is_error)[-1]
+    assert invalid["data"]["code"] == "invalid" and invalid["id"] == 4 and "retry_in" not in invalid["data"]
+
+
+def test_a_bad_id_gets_an_error_without_an_id_and_nothing_runs(server, connect):
+    peer = connect()
+    peer.send({**SHORT_BLEND, "id": True})
+    reply = peer.recv()
+    assert reply["type"] == "error" and "id" not in reply and '"id" must be' in reply["data"]["msg"]
+    assert peer.echo() == []
+    assert server.controller.driver.timeline == []
+
+
+def test_a_clean_with_a_typo_runs_no_pump(server, connect):
+    peer = connect()
+    peer.send('{"type": "clean", "data": {"seconds": 0.5, "pump": [3]}}')
+    reply = peer.recv()
+    assert reply["data"]["code"] == "invalid" and 'unknown key "pump"' in reply["data"]["msg"]
+    assert server.controller.driver.timeline == [] and server.controller.state == "idle"
+
+
+def test_an_echo_of_1e400_is_refused_and_no_reply_holds_infinity(server, connect):
+    peer = connect()
+    peer.ws.send('{"type": "echo", "data": 1e400}')
+    raw = peer.ws.recv()
+    assert "Infinity" not in raw and "too large" in json.loads(raw)["data"]["msg"]
+
+
+def test_set_level_and_set_flow_answer_done_with_the_pumps_new_state(server, connect):
+    peer = connect()
+    peer.send({"type": "set_level", "data": {"pump": 2, "ml": 650}, "id": "lvl"})
+    done = peer.recv_until(lambda m: m["type"] == "done")[-1]
+    assert done["id"] == "lvl" and done["data"]["request"] == "set_level"
+    assert done["data"]["pump"]["pump"] == 2 and done["data"]["pump"]["level_ml"] == 650
+    peer.send({"type": "calibrate", "data": {"pump": 1, "seconds": 0.1}})
+    peer.recv_until()
+    peer.send({"type": "set_flow", "data": {"pump": 1, "ml": 20}, "id": 5})
+    done = peer.recv_until(lambda m: m["type"] == "done")[-1]
+    assert done["id"] == 5 and done["data"]["pump"]["flow_ml_s"] == pytest.approx(200, rel=0.2)
+
+
+def test_hello_without_a_token_answers_welcome_saying_what_the_server_is(server, connect):
+    peer = connect()
+    peer.send({"type": "hello", "id": 1})
+    welcome = peer.recv()
+    assert welcome["type"] == "welcome" and welcome["id"] == 1
+    data = welcome["data"]
+    assert data["server"] == __version__ and data["protocol"] == protocol.PROTOCOL_VERSION
+    assert data["types"] == list(protocol.REQUESTS)
+    assert data["token_required"] is False and data["may_pour"] is True and data["hardware"] is True
+    assert data["limits"] == {
+        "pumps": 8, "max_cup_size": 1.0, "max_pump_seconds": 120.0, "max_parallel_pumps": None, "max_message_bytes": 65536,
+        "max_depth": 32, "max_id_length": 64, "status_interval": 0.05,
+    }
+    assert [p["pump"] for p in data["pumps"]] == list(range(8)) and "gpio" not in data["pumps"][0]
+
+
+def test_state_says_whether_the_pump_hardware_is_reachable(server, connect, monkeypatch):
+    peer = connect()
+    peer.send({"type": "state"})
+    assert peer.recv()["data"]["hardware"] is True
+    monkeypatch.setattr(type(server.controller.driver), "available", property(lambda self: False))
+    peer.send({"type": "state"})
+    assert peer.recv()["data"]["hardware"] is False
+    peer.send({"type": "hello"})
+    assert peer.recv()["data"]["hardware"] is False
+
+
+def test_pump_names_from_the_config_show_in_state_and_welcome(fast_config):
+    from barmaid.drivers.simulated import SimulatedDriver
+    from barmaid.server import BarmaidServer
+    from conftest import Peer, close_quickly
+
+    pumps = tuple(p.model_copy(update={"name": "rum" if i == 0 else None}) for i, p in enumerate(fast_config.pumps))
+    config = fast_config.model_copy(update={"pumps": pumps})
+    barmaid = BarmaidServer(config, SimulatedDriver([p.gpio for p in pumps]))
+    barmaid.start()
+    try:
+        peer = Peer(f"ws://127.0.0.1:{barmaid.port}/")
+        peer.send({"type": "state"})
+        assert [p["name"] for p in peer.recv()["data"]["pumps"]][:2] == ["rum", None]
+        peer.send({"type": "hello"})
+        assert peer.recv()["data"]["pumps"][0]["name"] == "rum"
+        peer.close()
+    finally:
+        close_quickly(barmaid)
+
+
+def test_every_refused_request_is_logged_with_the_client_and_the_reason(server, connect, caplog):
+    caplog.set_level(logging.INFO, logger="barmaid")
+    peer, other = connect(), connect()
+    other.send(LONG_BLEND)
+    peer.recv_until(lambda m: m["type"] == "status")
+    peer.send(SHORT_BLEND)
+    peer.send({"type": "refill", "data": {"pump": 9}})
+    peer.recv_until(is_error)
+    peer.recv_until(is_error)
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert len(refusals) == 2, refusals
+    assert "(busy)" in refusals[0] and "(invalid)" in refusals[1]
+    assert all("client" in line for line in refusals)
+
+
+def test_set_level_is_logged_with_the_client(server, connect, caplog):
+    caplog.set_level(logging.INFO, logger="barmaid")
+    peer = connect()
+    peer.send({"type": "set_level", "data": {"pump": 1, "ml": 300}})
+    peer.recv_until(lambda m: m["type"] == "done")
+    assert any("set_level" in r.getMessage() and "client" in r.getMessage() for r in caplog.records)
+
+
+def test_serve_with_port_0_listens_on_a_free_port_and_logs_it(tmp_path):
+    """`barmaid serve --port 0` in a subprocess: the log line names the port the system chose."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import Peer
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in proc.stderr:
+            listening = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
+            if listening:
+                break
+        port = int(listening.group(1))
+        assert port != 0
+        peer = Peer(f"ws://127.0.0.1:{port}/")
+        assert peer.echo("port 0") == []
+        peer.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -518,12 +518,12 @@ def test_an_exception_in_the_handler_is_logged_with_context_and_answered_with_on
         raise RuntimeError("simulated fault")
 
     if where == "parse":
-        parse = server_module.parse
+        build = server_module.build
 
-        def parse_failing_on_blend(text: str, limits: Any) -> Any:
-            return fail() if "blend" in text else parse(text, limits)
+        def build_failing_on_blend(model: Any, message: Any, limits: Any) -> Any:
+            return fail() if model.type == "blend" else build(model, message, limits)
 
-        monkeypatch.setattr(server_module, "parse", parse_failing_on_blend)
+        monkeypatch.setattr(server_module, "build", build_failing_on_blend)
     else:
         monkeypatch.setattr(server.controller, "submit", fail)
     client = raw(server.port)
