@@ -357,7 +357,10 @@ class Controller:
         return Stopped(action=action.kind, after=round(after, 3), msg=f"stopped the {action.kind} after {after:.1f} s")
 
     def _history(self, request: History) -> HistoryReply:
-        return HistoryReply(pours=[PourEntry(**asdict(record)) for record in self.store.history(request.limit)])
+        fields = set(PourEntry.model_fields)  # what a restart needs to count a pour stays inside
+        return HistoryReply(
+            pours=[PourEntry(**{k: v for k, v in asdict(record).items() if k in fields}) for record in self.store.history(request.limit)]
+        )
 
     def _set_level(self, request: SetLevel) -> None:
         capacity = self.pumps[request.pump].capacity_ml
