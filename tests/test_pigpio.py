@@ -19,33 +19,22 @@ from pathlib import Path
 import pigpio
 import pytest
 
-import barmaid.drivers.pigpio as pigpio_driver
+import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import PourRejected, PumpsUnavailable
 from barmaid.server import BarmaidServer
 from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
 from fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
+from support.daemons import free_port, quick_reconnects  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def quick_reconnects(monkeypatch):
-    monkeypatch.setattr(pigpio_driver, "BACKOFF", (0.02, 0.1))
-    monkeypatch.setattr(pigpio_driver, "HEARTBEAT", 0.02)
 
 
 @pytest.fixture
 def daemon():
     with FakePigpiod() as fake:
         yield fake
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pigpio_config(write_config, port: int, active_low: bool = False, flow: float = 400.0, **server):
@@ -178,7 +167,7 @@ def test_daemon_lost_mid_pour_ends_the_action_tells_every_client_and_reconnects(
 
 
 def test_a_hung_daemon_times_out_instead_of_blocking_the_server(daemon, start_server, monkeypatch):
-    monkeypatch.setattr(pigpio_driver, "COMMAND_TIMEOUT", 0.2)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.2)
     server = start_server(daemon.port)
     client = peer(server)
     daemon.pause()
@@ -256,7 +245,7 @@ def test_halt_writes_the_pumps_off_then_stops_the_wave_then_writes_off_again_and
     ids=["hang-after-wave-stop", "hang-after-off", "drop-after-wave-stop", "drop-before-wave-stop"],
 )
 def test_a_daemon_that_hangs_or_drops_during_halt_leaves_no_pump_on(driver, daemon, monkeypatch, fault):
-    monkeypatch.setattr(pigpio_driver, "COMMAND_TIMEOUT", 0.3)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.3)
     d = driver()
     pumping(daemon, d)
     getattr(daemon, fault[0])(*fault[1:])
@@ -271,7 +260,7 @@ def test_a_daemon_that_hangs_or_drops_during_halt_leaves_no_pump_on(driver, daem
 def test_a_daemon_restarted_mid_pour_has_every_pump_switched_off_as_soon_as_it_answers(
     driver, daemon, monkeypatch, caplog
 ):
-    monkeypatch.setattr(pigpio_driver, "BACKOFF", (5.0, 10.0))  # the ordinary backoff would take 5 s
+    monkeypatch.setattr(daemon_driver, "BACKOFF", (5.0, 10.0))  # the ordinary backoff would take 5 s
     caplog.set_level(logging.INFO, logger="barmaid.drivers.pigpio")
     d = driver()
     lost: list[str] = []

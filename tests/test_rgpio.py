@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import rgpio
 
+import barmaid.drivers.daemon as daemon_driver
 import barmaid.drivers.rgpio as rgpio_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
 from barmaid.drivers.rgpio import SHARE_ID, RgpioDriver
@@ -27,15 +28,10 @@ from barmaid.errors import Busy, PumpsUnavailable
 from barmaid.server import BarmaidServer
 from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
 from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
+from support.daemons import free_port, quick_reconnects  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_OFF = {g: 0 for g in DEFAULT_GPIOS}
-
-
-@pytest.fixture(autouse=True)
-def quick_reconnects(monkeypatch):
-    monkeypatch.setattr(rgpio_driver, "BACKOFF", (0.02, 0.1))
-    monkeypatch.setattr(rgpio_driver, "HEARTBEAT", 0.02)
 
 
 @pytest.fixture
@@ -59,13 +55,6 @@ def drivers():
         driver.close()
 
 
-def unused_port() -> int:
-    """A loopback port nobody listens on (for a daemon that is not there yet)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def levels(daemon: FakeRgpiod) -> dict[int, int]:
     return {g: daemon.level(g) for g in DEFAULT_GPIOS}
 
@@ -81,7 +70,7 @@ def held_by_barmaid(daemon: FakeRgpiod) -> bool:
 def crash(driver: RgpioDriver) -> None:
     """What SIGKILL does to a driver: its connection closes without a word, nothing halts."""
     driver._closed.set()
-    driver._session.close()
+    driver._conn.close()
 
 
 def test_daemon_address_falls_back_to_rgpio_environment_variables(monkeypatch):
@@ -142,7 +131,7 @@ def test_a_pour_is_one_wave_that_ends_with_every_pump_off_and_its_start_is_not_r
 
 
 def test_unreachable_daemon_refuses_pours_says_how_to_start_it_and_connects_when_it_appears(drivers, caplog):
-    port = unused_port()
+    port = free_port()
     caplog.set_level(logging.WARNING, logger="barmaid.drivers.rgpio")
     driver = drivers(port)
     with pytest.raises(PumpsUnavailable, match=f"127.0.0.1:{port}.*sudo systemctl enable --now rgpiod"):
@@ -206,7 +195,7 @@ def test_daemon_killed_mid_pour_leaves_levels_until_it_is_back_then_pumps_off_at
 
 
 def test_after_a_loss_mid_pour_it_reconnects_at_heartbeat_pace_not_with_backoff(daemon, drivers, monkeypatch):
-    monkeypatch.setattr(rgpio_driver, "BACKOFF", (5.0, 10.0))
+    monkeypatch.setattr(daemon_driver, "BACKOFF", (5.0, 10.0))
     driver = drivers(daemon.port)
     driver.pour({0: 5.0})
     assert daemon.wait_for(lambda: daemon.level(5) == 1)
@@ -219,7 +208,7 @@ def test_after_a_loss_mid_pour_it_reconnects_at_heartbeat_pace_not_with_backoff(
 
 
 def test_a_hung_daemon_times_out_instead_of_blocking(daemon, drivers, monkeypatch):
-    monkeypatch.setattr(rgpio_driver, "COMMAND_TIMEOUT", 0.2)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.2)
     driver = drivers(daemon.port)
     daemon.pause()
     try:
@@ -233,26 +222,26 @@ def test_a_hung_daemon_times_out_instead_of_blocking(daemon, drivers, monkeypatc
 
 def test_the_heartbeat_survives_an_error_answer(daemon, drivers):
     driver = drivers(daemon.port)
-    session = driver._session
+    session = driver._conn
     daemon.fail_at(GBUSY, -5)
     assert eventually(lambda: not daemon._faults)
     time.sleep(0.1)
-    assert driver._session is session
+    assert driver._conn is session
 
 
 def test_heartbeat_errors_in_a_row_start_the_connection_again_with_every_pump_off(daemon, drivers):
     driver = drivers(daemon.port)
-    session = driver._session
+    session = driver._conn
     for _ in range(rgpio_driver.MAX_HEARTBEAT_ERRORS):
         daemon.fail_at(GBUSY, -5)
-    assert eventually(lambda: driver._session not in (None, session))
+    assert eventually(lambda: driver._conn not in (None, session))
     assert held_by_barmaid(daemon) and levels(daemon) == ALL_OFF
 
 
 @pytest.mark.parametrize("cmd", [GGWX, GSGF, GSGOX], ids=["write-off", "free", "claim"])
 @pytest.mark.parametrize("fault", ["error", "drop", "hang"])
 def test_a_fault_between_the_commands_of_halt_leaves_every_pump_off(daemon, drivers, monkeypatch, cmd, fault):
-    monkeypatch.setattr(rgpio_driver, "COMMAND_TIMEOUT", 0.2)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.2)
     driver = drivers(daemon.port)
     driver.pour({0: 2.0, 1: 2.0, 2: 2.0})
     assert daemon.wait_for(lambda: daemon.level(5) == 1)
@@ -300,7 +289,7 @@ def rgpio_config(write_config, port: int, flow: float = 400.0):
     return load_config(
         write_config(
             {
-                "server": {"host": "127.0.0.1", "port": unused_port(), "status_interval": 0.05},
+                "server": {"host": "127.0.0.1", "port": free_port(), "status_interval": 0.05},
                 "driver": {"kind": "rgpio", "host": "127.0.0.1", "port": port},
                 "pumps": fast_pumps(flow),
             }
@@ -334,7 +323,7 @@ def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(
 
 
 def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config):
-    port = unused_port()
+    port = free_port()
     config = rgpio_config(write_config, port)
     server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
     server.start()
