@@ -8,29 +8,23 @@ high bits) are exercised together with the daemon's ownership and sharing rules.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import rgpio
 
 import barmaid.drivers.daemon as daemon_driver
 import barmaid.drivers.rgpio as rgpio_driver
-from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
+from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.rgpio import SHARE_ID, RgpioDriver
 from barmaid.errors import Busy, PumpsUnavailable
 from barmaid.server import BarmaidServer
-from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
+from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
 from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
-from support.daemons import free_port, quick_reconnects  # noqa: F401 (an autouse fixture)
+from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
+from support.daemons import barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
 
-ROOT = Path(__file__).resolve().parent.parent
 ALL_OFF = {g: 0 for g in DEFAULT_GPIOS}
 
 
@@ -285,25 +279,8 @@ def test_force_off_raises_when_the_daemon_cannot_be_reached(daemon):
 # ---- the server and a real barmaid process -----------------------------------------------
 
 
-def rgpio_config(write_config, port: int, flow: float = 400.0):
-    return load_config(
-        write_config(
-            {
-                "server": {"host": "127.0.0.1", "port": free_port(), "status_interval": 0.05},
-                "driver": {"kind": "rgpio", "host": "127.0.0.1", "port": port},
-                "pumps": fast_pumps(flow),
-            }
-        )
-    )
-
-
-def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
-    cup = ml_per_pump * len(pumps) / 1000
-    return {"type": "blend", "data": {"cup_size": cup, "ratios": {str(p): 1 / len(pumps) for p in pumps}}}
-
-
 def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(daemon, write_config):
-    config = rgpio_config(write_config, daemon.port)
+    config = daemon_config(write_config, "rgpio", daemon.port)
     server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
     server.start()
     try:
@@ -324,7 +301,7 @@ def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(
 
 def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config):
     port = free_port()
-    config = rgpio_config(write_config, port)
+    config = daemon_config(write_config, "rgpio", port)
     server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
     server.start()
     try:
@@ -345,22 +322,12 @@ def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it
 
 
 def test_sigkill_mid_pour_cannot_stretch_it_rgpiod_stops_the_pumps_on_time(daemon, write_config):
-    config = rgpio_config(write_config, daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
+    config = daemon_config(write_config, "rgpio", daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
     path = write_config(config.model_dump(mode="json"), name="process.yaml")
-    command = [sys.executable, "-m", "barmaid", "serve", "--driver", "rgpio", "--config", str(path)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert any("listening" in line for line in process.stderr), f"exit status {process.poll()}"
-        client = Peer(f"ws://127.0.0.1:{config.server.port}/")
+    with barmaid_process(path, "--driver", "rgpio") as process:
         daemon.clear_history()
-        client.send(blend(30))
-        client.recv_until(lambda m: m["type"] == "status")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(5)
+        sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
         for gpio in DEFAULT_GPIOS[:2]:
             assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=0.005)]
         assert levels(daemon) == ALL_OFF
-    finally:
-        process.kill()
-        process.wait()
