@@ -4,7 +4,8 @@ A pour is one waveform played by DMA inside pigpiod: all its pumps on at one ins
 its own microsecond. If barmaid crashes mid-pour, the pumps still stop on time (GPIO levels set
 through pigpiod outlive the client, so sleeps in this process would leave them running).
 
-What the pigpio client and daemon (client 1.78, daemon v79) do that this module works around:
+What the pigpio client and daemon (client 1.78, daemon v79) do that this module works around
+(docs/dependencies.md has them all):
   - `pigpio.pi()` does not raise when the daemon is unreachable: it sets `connected = False` and
     the next call fails with AttributeError. We probe the port first, to say why.
   - Its sockets have no timeout (bounded in barmaid/drivers/daemon.py, with the heartbeat and

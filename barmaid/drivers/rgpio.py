@@ -6,7 +6,7 @@ end. rgpiod frees the handles of a client whose connection closes, and a freed l
 last level (a pump left on); so the chip handle is *shared* (`set_share_id`): it outlives a
 crashed barmaid, its wave ends on time, and the next barmaid finds it again (`use_share_id`).
 
-What the lg sources (v0.2.2) say and this module relies on:
+What the lg sources (v0.2.2) say and this module relies on (docs/dependencies.md has them all):
   - `gpiochip_open` returns `handle | chip << 16`; `set_share_id` needs `handle & 0xffff`.
   - A new wave starts at the timing thread's next pass, up to 20 ms after `tx_wave` returns;
     a wave sent while one plays is queued behind it. There is no cancel: freeing the group stops
