@@ -48,8 +48,8 @@ import pigpio
 
 from ..config import DriverConfig
 from ..errors import PourRejected, PumpsUnavailable
-from .base import Plan, spans, switches
 from . import daemon
+from .base import Plan, spans, switches
 from .daemon import LOST, DaemonDriver, TimedSockets, Unreachable, probe
 
 log = logging.getLogger(__name__)
@@ -66,30 +66,6 @@ pigpio.socket = TimedSockets()
 
 class _NotOff(Exception):
     """The bank read back after switching off shows a pump still on."""
-
-
-def _open(host: str, port: int) -> pigpio.pi:
-    """One bounded connection attempt, without pigpio's notification thread.
-
-    Raises:
-        Unreachable: saying why.
-    """
-    probe(host, port)  # pigpio.pi() never raises: probe first, to say why it cannot connect
-    pi = pigpio.pi(host, port, show_errors=False)
-    if not pi.connected:
-        raise Unreachable("the daemon did not answer")
-    notify, pi._notify = pi._notify, None
-    notify.stop()
-    notify.join(daemon.COMMAND_TIMEOUT)
-    return pi
-
-
-def _discard(pi: pigpio.pi) -> None:
-    """Closes a pigpio client, even one whose daemon is gone."""
-    try:
-        pi.stop()
-    except LOST:
-        pass
 
 
 def _bank_off(pi: pigpio.pi, mask: int, off_level: int) -> None:
@@ -252,11 +228,23 @@ class PigpioDriver(DaemonDriver):
 
     @classmethod
     def _open(cls, host: str, port: int, gpios: Sequence[int], off_level: int) -> pigpio.pi:
-        return _open(host, port)
+        """One bounded connection attempt, without pigpio's notification thread."""
+        probe(host, port)  # pigpio.pi() never raises: probe first, to say why it cannot connect
+        pi = pigpio.pi(host, port, show_errors=False)
+        if not pi.connected:
+            raise Unreachable("the daemon did not answer")
+        notify, pi._notify = pi._notify, None
+        notify.stop()
+        notify.join(daemon.COMMAND_TIMEOUT)
+        return pi
 
     @staticmethod
     def _close_conn(pi: pigpio.pi) -> None:
-        _discard(pi)
+        """Closes a pigpio client, even one whose daemon is gone."""
+        try:
+            pi.stop()
+        except LOST:
+            pass
 
     def _require(self) -> pigpio.pi:
         if self._found:

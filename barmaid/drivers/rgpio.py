@@ -27,8 +27,8 @@ import rgpio
 
 from ..config import DriverConfig
 from ..errors import Busy, PourRejected, PumpsUnavailable
-from .base import Plan, spans, switches
 from . import daemon
+from .base import Plan, spans, switches
 from .daemon import LOST, DaemonDriver, TimedSockets, Unreachable, probe
 
 log = logging.getLogger(__name__)
