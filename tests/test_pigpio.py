@@ -28,7 +28,6 @@ from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
 from support.daemons import ROOT, barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
 
 
-
 @pytest.fixture
 def daemon():
     with FakePigpiod() as fake:
