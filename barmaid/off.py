@@ -2,7 +2,7 @@
 
 It reads the pins, the off level and the daemon's address from the same config as `serve`, so the
 service files never repeat them. Each daemon-backed driver does the work in its `force_off`
-classmethod (see barmaid/drivers/base.py); this module only picks the driver.
+classmethod (barmaid/drivers/daemon.py); this module only picks the driver.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ Two files, so that no pump can stay on whichever process dies:
     would stay on. Its ExecStopPost forces the pump pins to their off level with a tool that needs
     no daemon: `pinctrl set 5,6 op dh` on current Raspberry Pi OS, `raspi-gpio set 5,6 op dh` on
     older ones (both take a comma-separated list; `op` makes an output, `dh`/`dl` drives it
-    high/low). Its pins and level come from the config, so run `barmaid service --install` again
-    after changing `pumps` or `driver.active_low`.
+    high/low). The command is prefixed with `+`, so systemd runs it as root: rgpiod runs as an
+    unprivileged user, which may not open the /dev/gpiomem* devices these tools use. Its pins and
+    level come from the config, so run `barmaid service --install` again after changing `pumps`
+    or `driver.active_low`.
 
 barmaid itself only talks TCP to the daemon and writes its data directory, so its unit is
 sandboxed (no devices, no capabilities, read-only system); `systemd-analyze security` rates it
@@ -170,7 +172,8 @@ def _drop_in(config: Config, generated: str) -> str:
             "# To hold them off from power-up too, add to /boot/firmware/config.txt (or /boot/config.txt):",
             f"#   gpio={gpios}=op,{drive}",
             "[Service]",
-            f"ExecStopPost=/bin/sh -c 'if command -v pinctrl >/dev/null 2>&1; then {force}; else {older}; fi'",
+            "# `+`: as root, whatever User= the daemon runs as (the tools write /dev/gpiomem*).",
+            f"ExecStopPost=+/bin/sh -c 'if command -v pinctrl >/dev/null 2>&1; then {force}; else {older}; fi'",
             "",
         ]
     )

@@ -64,6 +64,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from support.loopback import accept_each, listen
+
 log = logging.getLogger(__name__)
 
 # --- command numbers (pigpio.py _PI_CMD_*) -----------------------------------
@@ -386,18 +388,11 @@ class FakePigpiod:
         with self._lock:
             if self._listener is not None:
                 raise RuntimeError("FakePigpiod is already listening")
-            lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                lsock.bind((self.host, self.port))
-                lsock.listen(100)
-            except OSError:
-                lsock.close()
-                raise
+            lsock = listen(self.host, self.port)
             self.port = lsock.getsockname()[1]
             self._listener = lsock
             self._accept_thread = threading.Thread(
-                target=self._accept_loop, args=(lsock,),
+                target=accept_each, args=(lsock, lambda sock: self._admit(lsock, sock)),
                 name=f"fake-pigpiod-{self.port}-accept", daemon=True,
             )
             self._accept_thread.start()
@@ -605,28 +600,23 @@ class FakePigpiod:
         if thread is not None:
             thread.join(_JOIN_TIMEOUT)
 
-    def _accept_loop(self, lsock: socket.socket) -> None:
-        while True:
-            try:
-                sock, addr = lsock.accept()
-            except OSError:
-                return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                if self._listener is not lsock:
-                    sock.close()
-                    return
-                self._conn_seq += 1
-                conn = _Conn(self._conn_seq, sock, self.port)
-                conn.reader = threading.Thread(
-                    target=self._serve, args=(conn,),
-                    name=f"fake-pigpiod-{self.port}-conn-{conn.id}", daemon=True,
-                )
-                self._conns[conn.id] = conn
-                conn.writer.start()
-                conn.reader.start()
-                self._cond.notify_all()
-            log.debug("connection %d from %s", conn.id, addr)
+    def _admit(self, lsock: socket.socket, sock: socket.socket) -> bool:
+        with self._lock:
+            if self._listener is not lsock:
+                sock.close()
+                return False
+            self._conn_seq += 1
+            conn = _Conn(self._conn_seq, sock, self.port)
+            conn.reader = threading.Thread(
+                target=self._serve, args=(conn,),
+                name=f"fake-pigpiod-{self.port}-conn-{conn.id}", daemon=True,
+            )
+            self._conns[conn.id] = conn
+            conn.writer.start()
+            conn.reader.start()
+            self._cond.notify_all()
+        log.debug("connection %d", conn.id)
+        return True
 
     @staticmethod
     def _recv_exact(sock: socket.socket, n: int) -> Optional[bytes]:

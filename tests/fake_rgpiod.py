@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from support.loopback import accept_each, listen
+
 MAGIC = 0x6C67646D
 HEADER = struct.Struct("<IIHHHH")
 MAX_EXTENSION = 1 << 16
@@ -146,15 +148,12 @@ class FakeRgpiod:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> "FakeRgpiod":
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(100)
+        listener = listen("127.0.0.1", self.port)
         self.port = listener.getsockname()[1]
         with self._lock:
             self._listener, self._running = listener, True
             self._next_pass = self._now_us() + TICK_US
-        threading.Thread(target=self._accept, args=(listener,), name="fake-rgpiod", daemon=True).start()
+        threading.Thread(target=accept_each, args=(listener, self._admit), name="fake-rgpiod", daemon=True).start()
         threading.Thread(target=self._timing, name="fake-rgpiod-tx", daemon=True).start()
         return self
 
@@ -282,21 +281,16 @@ class FakeRgpiod:
 
     # ---- the socket ------------------------------------------------------------------------
 
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                if not self._running:
-                    _abort(sock)
-                    return
-                self._owners += 1
-                conn = _Conn(self._owners, sock)
-                self._conns[conn.owner] = conn
-            threading.Thread(target=self._serve, args=(conn,), name=f"fake-rgpiod-{conn.owner}", daemon=True).start()
+    def _admit(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if not self._running:
+                _abort(sock)
+                return False
+            self._owners += 1
+            conn = _Conn(self._owners, sock)
+            self._conns[conn.owner] = conn
+        threading.Thread(target=self._serve, args=(conn,), name=f"fake-rgpiod-{conn.owner}", daemon=True).start()
+        return True
 
     def _serve(self, conn: _Conn) -> None:
         try:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-import barmaid.drivers.pigpio as pigpio_driver
+import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run, fit
 from barmaid.config import DEFAULT_GPIOS, load_config
 from barmaid.drivers.pigpio import PigpioDriver
@@ -110,8 +110,8 @@ def test_a_stored_flow_of_0_is_not_silently_replaced_by_the_configs(start, data_
 
 @pytest.fixture
 def daemon(monkeypatch):
-    monkeypatch.setattr(pigpio_driver, "BACKOFF", (0.02, 0.1))
-    monkeypatch.setattr(pigpio_driver, "HEARTBEAT", 0.02)
+    monkeypatch.setattr(daemon_driver, "BACKOFF", (0.02, 0.1))
+    monkeypatch.setattr(daemon_driver, "HEARTBEAT", 0.02)
     with FakePigpiod() as fake:
         yield fake
 

@@ -33,7 +33,7 @@ def test_the_example_config_for_the_pi_loads_and_keeps_its_data_where_the_servic
     from barmaid.config import load_config
 
     config = load_config(ROOT / "docs" / "config.example.yaml")
-    assert config.driver.kind == "pigpio" and config.driver.active_low
+    assert config.driver.kind == "rgpio" and config.driver.active_low
     assert len(config.pumps) == 8
     assert config.data_dir == Path("/var/lib/barmaid")  # the unit's StateDirectory=barmaid
 

@@ -7,9 +7,7 @@ The real `pigpio` client library talks to tests/fake_pigpiod.py over loopback, s
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,21 +17,15 @@ from pathlib import Path
 import pigpio
 import pytest
 
-import barmaid.drivers.pigpio as pigpio_driver
+import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import PourRejected, PumpsUnavailable
 from barmaid.server import BarmaidServer
 from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
 from fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def quick_reconnects(monkeypatch):
-    monkeypatch.setattr(pigpio_driver, "BACKOFF", (0.02, 0.1))
-    monkeypatch.setattr(pigpio_driver, "HEARTBEAT", 0.02)
+from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
+from support.daemons import ROOT, barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
 
 
 @pytest.fixture
@@ -42,31 +34,12 @@ def daemon():
         yield fake
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pigpio_config(write_config, port: int, active_low: bool = False, flow: float = 400.0, **server):
-    config = load_config(
-        write_config(
-            {
-                "server": {"host": "127.0.0.1", "port": free_port(), "status_interval": 0.05, **server},
-                "driver": {"kind": "pigpio", "host": "127.0.0.1", "port": port, "active_low": active_low},
-                "pumps": fast_pumps(flow),
-            }
-        )
-    )
-    return config
-
-
 @pytest.fixture
 def start_server(write_config):
     servers = []
 
     def start(port: int, **kwargs) -> BarmaidServer:
-        config = pigpio_config(write_config, port, **kwargs)
+        config = daemon_config(write_config, "pigpio", port, **kwargs)
         driver = PigpioDriver(DEFAULT_GPIOS, config.limits.max_pump_seconds, config.driver)
         server = BarmaidServer(config, driver)
         server.start()
@@ -80,11 +53,6 @@ def start_server(write_config):
 
 def peer(server: BarmaidServer) -> Peer:
     return Peer(f"ws://127.0.0.1:{server.port}/")
-
-
-def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
-    cup = ml_per_pump * len(pumps) / 1000
-    return {"type": "blend", "data": {"cup_size": cup, "ratios": {str(p): 1 / len(pumps) for p in pumps}}}
 
 
 def test_daemon_address_falls_back_to_pigpio_environment_variables(monkeypatch):
@@ -178,7 +146,7 @@ def test_daemon_lost_mid_pour_ends_the_action_tells_every_client_and_reconnects(
 
 
 def test_a_hung_daemon_times_out_instead_of_blocking_the_server(daemon, start_server, monkeypatch):
-    monkeypatch.setattr(pigpio_driver, "COMMAND_TIMEOUT", 0.2)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.2)
     server = start_server(daemon.port)
     client = peer(server)
     daemon.pause()
@@ -256,7 +224,7 @@ def test_halt_writes_the_pumps_off_then_stops_the_wave_then_writes_off_again_and
     ids=["hang-after-wave-stop", "hang-after-off", "drop-after-wave-stop", "drop-before-wave-stop"],
 )
 def test_a_daemon_that_hangs_or_drops_during_halt_leaves_no_pump_on(driver, daemon, monkeypatch, fault):
-    monkeypatch.setattr(pigpio_driver, "COMMAND_TIMEOUT", 0.3)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.3)
     d = driver()
     pumping(daemon, d)
     getattr(daemon, fault[0])(*fault[1:])
@@ -271,7 +239,7 @@ def test_a_daemon_that_hangs_or_drops_during_halt_leaves_no_pump_on(driver, daem
 def test_a_daemon_restarted_mid_pour_has_every_pump_switched_off_as_soon_as_it_answers(
     driver, daemon, monkeypatch, caplog
 ):
-    monkeypatch.setattr(pigpio_driver, "BACKOFF", (5.0, 10.0))  # the ordinary backoff would take 5 s
+    monkeypatch.setattr(daemon_driver, "BACKOFF", (5.0, 10.0))  # the ordinary backoff would take 5 s
     caplog.set_level(logging.INFO, logger="barmaid.drivers.pigpio")
     d = driver()
     lost: list[str] = []
@@ -334,30 +302,11 @@ def test_a_pour_of_ours_is_playing_until_it_ends(driver, daemon):
 # ---- a real barmaid process --------------------------------------------------------------
 
 
-def serve(write_config, daemon: FakePigpiod, flow: float) -> tuple[subprocess.Popen, int]:
-    config = pigpio_config(write_config, daemon.port, flow=flow)
-    return start_process(write_config(config.model_dump(mode="json"), name="process.yaml")), config.server.port
-
-
-def start_process(config_path: Path) -> subprocess.Popen:
-    """`python -m barmaid serve --config PATH`, once it says it listens."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "barmaid", "serve", "--config", str(config_path)],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    for line in process.stderr:
-        if "listening" in line:
-            return process
-    raise AssertionError(f"barmaid did not start: exit status {process.wait(5)}")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_pour_switches_every_pump_off_and_exits_0(daemon, write_config, signum):
-    process, port = serve(write_config, daemon, flow=5.0)  # 20 ml at 5 ml/s: 4 s
-    try:
-        client = Peer(f"ws://127.0.0.1:{port}/")
+    config = daemon_config(write_config, "pigpio", daemon.port, flow=5.0)  # 20 ml at 5 ml/s: 4 s
+    with barmaid_process(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
+        client = Peer(f"ws://127.0.0.1:{config.server.port}/")
         client.send(blend(20))
         client.recv_until(lambda m: m["type"] == "status")
         assert daemon.wait_for(lambda: daemon.level(DEFAULT_GPIOS[0]) == 1, 1)
@@ -368,27 +317,17 @@ def test_a_signal_mid_pour_switches_every_pump_off_and_exits_0(daemon, write_con
         assert not daemon.wave_busy()
         assert all(daemon.level(g) == 0 for g in DEFAULT_GPIOS)
         assert "every pump off" in process.stderr.read()
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_sigkill_mid_pour_cannot_stretch_it_the_daemon_stops_the_pumps_on_time(daemon, write_config):
-    process, port = serve(write_config, daemon, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
-    try:
-        client = Peer(f"ws://127.0.0.1:{port}/")
+    config = daemon_config(write_config, "pigpio", daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
+    with barmaid_process(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
         daemon.clear_history()
-        client.send(blend(30))
-        client.recv_until(lambda m: m["type"] == "status")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(5)
+        sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
         for gpio in DEFAULT_GPIOS[:2]:
             assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=0.002)]
         assert all(daemon.level(g) == 0 for g in DEFAULT_GPIOS)
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_long_delays_are_split_so_dma_never_times_one_longer_than_a_minute(daemon):

@@ -8,34 +8,24 @@ high bits) are exercised together with the daemon's ownership and sharing rules.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import rgpio
 
+import barmaid.drivers.daemon as daemon_driver
 import barmaid.drivers.rgpio as rgpio_driver
-from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
+from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.rgpio import SHARE_ID, RgpioDriver
 from barmaid.errors import Busy, PumpsUnavailable
 from barmaid.server import BarmaidServer
-from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
+from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
 from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
+from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
+from support.daemons import barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
 
-ROOT = Path(__file__).resolve().parent.parent
 ALL_OFF = {g: 0 for g in DEFAULT_GPIOS}
-
-
-@pytest.fixture(autouse=True)
-def quick_reconnects(monkeypatch):
-    monkeypatch.setattr(rgpio_driver, "BACKOFF", (0.02, 0.1))
-    monkeypatch.setattr(rgpio_driver, "HEARTBEAT", 0.02)
 
 
 @pytest.fixture
@@ -59,13 +49,6 @@ def drivers():
         driver.close()
 
 
-def unused_port() -> int:
-    """A loopback port nobody listens on (for a daemon that is not there yet)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def levels(daemon: FakeRgpiod) -> dict[int, int]:
     return {g: daemon.level(g) for g in DEFAULT_GPIOS}
 
@@ -81,7 +64,7 @@ def held_by_barmaid(daemon: FakeRgpiod) -> bool:
 def crash(driver: RgpioDriver) -> None:
     """What SIGKILL does to a driver: its connection closes without a word, nothing halts."""
     driver._closed.set()
-    driver._session.close()
+    driver._conn.close()
 
 
 def test_daemon_address_falls_back_to_rgpio_environment_variables(monkeypatch):
@@ -142,7 +125,7 @@ def test_a_pour_is_one_wave_that_ends_with_every_pump_off_and_its_start_is_not_r
 
 
 def test_unreachable_daemon_refuses_pours_says_how_to_start_it_and_connects_when_it_appears(drivers, caplog):
-    port = unused_port()
+    port = free_port()
     caplog.set_level(logging.WARNING, logger="barmaid.drivers.rgpio")
     driver = drivers(port)
     with pytest.raises(PumpsUnavailable, match=f"127.0.0.1:{port}.*sudo systemctl enable --now rgpiod"):
@@ -206,7 +189,7 @@ def test_daemon_killed_mid_pour_leaves_levels_until_it_is_back_then_pumps_off_at
 
 
 def test_after_a_loss_mid_pour_it_reconnects_at_heartbeat_pace_not_with_backoff(daemon, drivers, monkeypatch):
-    monkeypatch.setattr(rgpio_driver, "BACKOFF", (5.0, 10.0))
+    monkeypatch.setattr(daemon_driver, "BACKOFF", (5.0, 10.0))
     driver = drivers(daemon.port)
     driver.pour({0: 5.0})
     assert daemon.wait_for(lambda: daemon.level(5) == 1)
@@ -219,7 +202,7 @@ def test_after_a_loss_mid_pour_it_reconnects_at_heartbeat_pace_not_with_backoff(
 
 
 def test_a_hung_daemon_times_out_instead_of_blocking(daemon, drivers, monkeypatch):
-    monkeypatch.setattr(rgpio_driver, "COMMAND_TIMEOUT", 0.2)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.2)
     driver = drivers(daemon.port)
     daemon.pause()
     try:
@@ -233,26 +216,26 @@ def test_a_hung_daemon_times_out_instead_of_blocking(daemon, drivers, monkeypatc
 
 def test_the_heartbeat_survives_an_error_answer(daemon, drivers):
     driver = drivers(daemon.port)
-    session = driver._session
+    session = driver._conn
     daemon.fail_at(GBUSY, -5)
     assert eventually(lambda: not daemon._faults)
     time.sleep(0.1)
-    assert driver._session is session
+    assert driver._conn is session
 
 
 def test_heartbeat_errors_in_a_row_start_the_connection_again_with_every_pump_off(daemon, drivers):
     driver = drivers(daemon.port)
-    session = driver._session
+    session = driver._conn
     for _ in range(rgpio_driver.MAX_HEARTBEAT_ERRORS):
         daemon.fail_at(GBUSY, -5)
-    assert eventually(lambda: driver._session not in (None, session))
+    assert eventually(lambda: driver._conn not in (None, session))
     assert held_by_barmaid(daemon) and levels(daemon) == ALL_OFF
 
 
 @pytest.mark.parametrize("cmd", [GGWX, GSGF, GSGOX], ids=["write-off", "free", "claim"])
 @pytest.mark.parametrize("fault", ["error", "drop", "hang"])
 def test_a_fault_between_the_commands_of_halt_leaves_every_pump_off(daemon, drivers, monkeypatch, cmd, fault):
-    monkeypatch.setattr(rgpio_driver, "COMMAND_TIMEOUT", 0.2)
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.2)
     driver = drivers(daemon.port)
     driver.pour({0: 2.0, 1: 2.0, 2: 2.0})
     assert daemon.wait_for(lambda: daemon.level(5) == 1)
@@ -296,25 +279,8 @@ def test_force_off_raises_when_the_daemon_cannot_be_reached(daemon):
 # ---- the server and a real barmaid process -----------------------------------------------
 
 
-def rgpio_config(write_config, port: int, flow: float = 400.0):
-    return load_config(
-        write_config(
-            {
-                "server": {"host": "127.0.0.1", "port": unused_port(), "status_interval": 0.05},
-                "driver": {"kind": "rgpio", "host": "127.0.0.1", "port": port},
-                "pumps": fast_pumps(flow),
-            }
-        )
-    )
-
-
-def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
-    cup = ml_per_pump * len(pumps) / 1000
-    return {"type": "blend", "data": {"cup_size": cup, "ratios": {str(p): 1 / len(pumps) for p in pumps}}}
-
-
 def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(daemon, write_config):
-    config = rgpio_config(write_config, daemon.port)
+    config = daemon_config(write_config, "rgpio", daemon.port)
     server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
     server.start()
     try:
@@ -334,8 +300,8 @@ def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(
 
 
 def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config):
-    port = unused_port()
-    config = rgpio_config(write_config, port)
+    port = free_port()
+    config = daemon_config(write_config, "rgpio", port)
     server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
     server.start()
     try:
@@ -356,22 +322,12 @@ def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it
 
 
 def test_sigkill_mid_pour_cannot_stretch_it_rgpiod_stops_the_pumps_on_time(daemon, write_config):
-    config = rgpio_config(write_config, daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
+    config = daemon_config(write_config, "rgpio", daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
     path = write_config(config.model_dump(mode="json"), name="process.yaml")
-    command = [sys.executable, "-m", "barmaid", "serve", "--driver", "rgpio", "--config", str(path)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert any("listening" in line for line in process.stderr), f"exit status {process.poll()}"
-        client = Peer(f"ws://127.0.0.1:{config.server.port}/")
+    with barmaid_process(path, "--driver", "rgpio") as process:
         daemon.clear_history()
-        client.send(blend(30))
-        client.recv_until(lambda m: m["type"] == "status")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(5)
+        sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
         for gpio in DEFAULT_GPIOS[:2]:
             assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=0.005)]
         assert levels(daemon) == ALL_OFF
-    finally:
-        process.kill()
-        process.wait()

@@ -83,6 +83,14 @@ def test_the_daemon_drop_in_forces_the_configs_pins_to_their_off_level_without_t
     assert f"gpio=5,6,13,16,19,20,21,26=op,{drive}" in drop_in  # the boot-time hint
 
 
+@pytest.mark.parametrize("kind", ["pigpio", "rgpio"])
+def test_the_drop_in_forces_the_pins_off_as_root_whatever_user_the_daemon_runs_as(kind):
+    # rgpiod runs as an unprivileged user, which may not open /dev/gpiomem* for pinctrl/raspi-gpio.
+    config = pi_config().model_copy(update={"driver": DriverConfig.model_construct(kind=kind, active_low=True)})
+    (command,) = lines(by_name(config)[f"{kind}d.service.d/barmaid-pumps-off.conf"], "ExecStopPost")
+    assert command.startswith("+/bin/sh -c "), command
+
+
 def test_an_rgpio_config_gets_the_drop_in_on_rgpiod():
     config = pi_config().model_copy(update={"driver": DriverConfig.model_construct(kind="rgpio", active_low=False)})
     made = by_name(config)
@@ -121,17 +129,25 @@ def test_service_prints_the_units_and_installs_them(tmp_path, capsys):
 # ---- systemd's own checks ------------------------------------------------------------------
 
 
-@pytest.fixture
-def installed(tmp_path) -> Path:
-    """The units for a real config and this interpreter (verify wants executables that exist),
-    beside a stand-in pigpiod.service for the drop-in to extend."""
+#: Stand-ins for the daemons' own units, as the guide runs them (rgpiod as its own user).
+DAEMON_UNITS = {
+    "pigpio": "[Service]\nType=forking\nExecStart=/bin/true\n",
+    "rgpio": "[Service]\nUser=rgpiod\nGroup=gpio\nExecStart=/bin/true\n",
+}
+
+
+@pytest.fixture(params=sorted(DAEMON_UNITS))
+def installed(request, tmp_path) -> Path:
+    """The units for the example config with each driver and this interpreter (verify wants
+    executables that exist), beside a stand-in daemon unit for the drop-in to extend."""
+    kind = request.param
     config = tmp_path / "config.yaml"
-    config.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    config.write_text(EXAMPLE.read_text(encoding="utf-8").replace("kind: rgpio", f"kind: {kind}"), encoding="utf-8")
     unit_dir = tmp_path / "units"
     for unit in units(load_config(config), config, sys.executable):
         (unit_dir / unit.path).parent.mkdir(parents=True, exist_ok=True)
         (unit_dir / unit.path).write_text(unit.text, encoding="utf-8")
-    (unit_dir / "pigpiod.service").write_text("[Service]\nType=forking\nExecStart=/bin/true\n", encoding="utf-8")
+    (unit_dir / f"{kind}d.service").write_text(DAEMON_UNITS[kind], encoding="utf-8")
     return unit_dir
 
 
@@ -141,10 +157,11 @@ def systemd_analyze(unit_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("unit", ["barmaid.service", "pigpiod.service"])
-def test_systemd_analyze_verify_accepts_the_units(installed, unit):
-    result = systemd_analyze(installed, "verify", str(installed / unit))
-    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+def test_systemd_analyze_verify_accepts_the_units(installed):
+    (drop_in_dir,) = installed.glob("*.service.d")
+    for unit in (installed / "barmaid.service", installed / drop_in_dir.stem):  # the daemon's with barmaid's drop-in
+        result = systemd_analyze(installed, "verify", str(unit))
+        assert result.returncode == 0 and not result.stderr.strip(), f"{unit.name}: {result.stderr}"
 
 
 @needs_systemd_analyze

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import pytest
 
-import barmaid.drivers.pigpio as pigpio_driver
+import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run
 from barmaid.config import DEFAULT_GPIOS, load_config
 from barmaid.drivers.base import Span
@@ -182,7 +182,7 @@ def test_the_noise_of_a_simulated_pump_is_seeded_so_runs_repeat():
 
 
 def test_sim_poured_ml_is_in_the_state_of_simulated_pumps_and_absent_with_real_ones(start, monkeypatch):
-    monkeypatch.setattr(pigpio_driver, "BACKOFF", (0.02, 0.1))
+    monkeypatch.setattr(daemon_driver, "BACKOFF", (0.02, 0.1))
     with FakePigpiod() as daemon:
         config = load_config(None, {"driver": {"kind": "pigpio", "host": "127.0.0.1", "port": daemon.port}})
         real = Bartender(start(fast_pumps(), driver=PigpioDriver(DEFAULT_GPIOS, 120.0, config.driver)))

@@ -1,7 +1,8 @@
-"""The pump driver interface: what every backend (simulated, pigpio) must guarantee.
+"""The pump driver interface: what every backend (simulated, pigpio, rgpio) must guarantee.
 
 It speaks in whole pours (pump -> seconds) so that a backend can time them itself: a pour
-handed to the pigpio daemon ends on time even if barmaid dies in the middle of it.
+handed to a GPIO daemon (pigpiod, rgpiod) ends on time even if barmaid dies in the middle of it;
+what the two daemon-backed drivers share is in daemon.py.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class Driver(ABC):
       - report `available` False while its hardware is out of reach; `pour` then raises
         PumpsUnavailable (with `maybe_started` True if the pour was sent but not confirmed);
       - call `on_lost(reason)` when the hardware goes away mid-pour (from any thread).
-    A daemon-backed driver also offers, for `barmaid off` (barmaid/off.py), without an instance:
+    A daemon-backed driver (a DaemonDriver, daemon.py) also offers, for `barmaid off`
+    (barmaid/off.py), without an instance:
         @classmethod
         def force_off(cls, gpios: Sequence[int], driver_config: DriverConfig,
                       wait_for_pour_s: float) -> str

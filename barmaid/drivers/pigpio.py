@@ -4,11 +4,12 @@ A pour is one waveform played by DMA inside pigpiod: all its pumps on at one ins
 its own microsecond. If barmaid crashes mid-pour, the pumps still stop on time (GPIO levels set
 through pigpiod outlive the client, so sleeps in this process would leave them running).
 
-What the pigpio client and daemon (client 1.78, daemon v79) do that this module works around:
+What the pigpio client and daemon (client 1.78, daemon v79) do that this module works around
+(docs/dependencies.md has them all):
   - `pigpio.pi()` does not raise when the daemon is unreachable: it sets `connected = False` and
     the next call fails with AttributeError. We probe the port first, to say why.
-  - Its sockets have no timeout: a hung daemon blocks the caller for ever. Every socket pigpio
-    opens here gets COMMAND_TIMEOUT (see `_TimedSockets`); a timeout counts as a lost daemon.
+  - Its sockets have no timeout (bounded in barmaid/drivers/daemon.py, with the heartbeat and
+    reconnect supervisor both daemon drivers share).
   - A dead daemon shows up as struct.error, BrokenPipeError or AttributeError, never as
     pigpio.error, and `connected` stays True; pigpio's notification thread then spins at 100 % CPU,
     so we end it at once (barmaid needs no GPIO callbacks).
@@ -40,88 +41,31 @@ Safety rules built on those facts:
 from __future__ import annotations
 
 import logging
-import socket
-import struct
-import threading
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pigpio
 
 from ..config import DriverConfig
 from ..errors import PourRejected, PumpsUnavailable
-from .base import Driver, Plan, spans, switches
+from . import daemon
+from .base import Plan, spans, switches
+from .daemon import LOST, DaemonDriver, TimedSockets, Unreachable, probe
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
-#: pigpio's sockets have no timeout; ours bound every command and the connect.
-COMMAND_TIMEOUT = 2.0
-#: How often the daemon is asked whether it is still there (and, after a loss with a pump
-#: possibly on, how often a reconnect is tried).
-HEARTBEAT = 0.25
-#: Reconnect backoff when no pump can be on: from the first to the last, doubling.
-BACKOFF = (0.5, 10.0)
 #: How often `force_off` asks whether a pour it waits for still plays.
 POLL = 0.05
 #: Longest delay in one pulse: DMA may cut a single delay of more than ~268 s short.
 MAX_DELAY_US = 60_000_000
-#: What a lost daemon looks like through the pigpio client: no error of its own.
-_LOST = (OSError, struct.error, AttributeError, TypeError)
 
-
-class _TimedSockets:
-    """The socket module as pigpio sees it, with a timeout on every connection it opens.
-
-    pigpio.pi() opens two sockets and waits for the daemon's answers without a timeout: a hung
-    daemon would hold the reconnect for ever. Only pigpio's own module sees this.
-    """
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(socket, name)
-
-    @staticmethod
-    def create_connection(address: tuple[str, int], timeout: object = None) -> socket.socket:
-        return socket.create_connection(address, COMMAND_TIMEOUT)
-
-
-pigpio.socket = _TimedSockets()
+# pigpio.pi() opens two sockets and waits for the daemon's answers without a timeout.
+pigpio.socket = TimedSockets()
 
 
 class _NotOff(Exception):
     """The bank read back after switching off shows a pump still on."""
-
-
-class _Unreachable(Exception):
-    """No pigpio daemon answers; the message says why."""
-
-
-def _open(host: str, port: int) -> pigpio.pi:
-    """One bounded connection attempt, without pigpio's notification thread.
-
-    Raises:
-        _Unreachable: saying why.
-    """
-    try:
-        # pigpio.pi() never raises: probe first, to say why it cannot connect.
-        socket.create_connection((host, port), timeout=COMMAND_TIMEOUT).close()
-    except OSError as exc:
-        raise _Unreachable(exc.strerror or str(exc)) from None
-    pi = pigpio.pi(host, port, show_errors=False)
-    if not pi.connected:
-        raise _Unreachable("the daemon did not answer")
-    notify, pi._notify = pi._notify, None
-    notify.stop()
-    notify.join(COMMAND_TIMEOUT)
-    return pi
-
-
-def _discard(pi: pigpio.pi) -> None:
-    """Closes a pigpio client, even one whose daemon is gone."""
-    try:
-        pi.stop()
-    except _LOST:
-        pass
 
 
 def _bank_off(pi: pigpio.pi, mask: int, off_level: int) -> None:
@@ -135,7 +79,7 @@ def _switch_off(pi: pigpio.pi, gpios: Sequence[int], off_level: int, *, outputs:
     With `outputs`, also makes every pin an output (after its latch holds the off level).
 
     Raises:
-        _NotOff: the read-back shows a pump on; pigpio.error or a _LOST error from the client.
+        _NotOff: the read-back shows a pump on; pigpio.error or a LOST error from the client.
     """
     mask = sum(1 << gpio for gpio in gpios)
     _bank_off(pi, mask, off_level)
@@ -157,15 +101,16 @@ def _on_pins(pi: pigpio.pi, gpios: Sequence[int], off_level: int) -> list[int]:
     return [g for g in gpios if (bank >> g & 1) != off_level]
 
 
-class PigpioDriver(Driver):
+class PigpioDriver(DaemonDriver):
     """Pumps on GPIOs of a Raspberry Pi, through pigpiod, reconnecting on its own."""
 
+    DAEMON = "the pigpio daemon"
+    SERVICE = "pigpiod"
+    ERROR = pigpio.error
+    FAULTS = (_NotOff,)
+    log = log
+
     def __init__(self, gpios: Sequence[int], max_pump_seconds: float, config: DriverConfig) -> None:
-        super().__init__(gpios, max_pump_seconds)
-        self.host, self.port = config.daemon_address()
-        self.off_level = 1 if config.active_low else 0
-        self._lock = threading.RLock()
-        self._pi: Optional[pigpio.pi] = None
         self._limits = (0, 0)  # (max pulses, max micros) of the connected daemon
         #: A wave we sent may still drive pumps: set by pour, cleared by a confirmed halt.
         self._ours = False
@@ -173,58 +118,11 @@ class PigpioDriver(Driver):
         self._playing = False
         #: A wave found playing at connect: not ours to halt; no pours until it ends.
         self._found = False
-        #: When the daemon was lost while a pump may have been on; None otherwise.
-        self._lost_at: Optional[float] = None
-        self._why_not = "not connected yet"
-        self._closed = threading.Event()
-        self._connect()
-        self._supervisor = threading.Thread(target=self._supervise, name="barmaid-pigpio", daemon=True)
-        self._supervisor.start()
-
-    @classmethod
-    def force_off(cls, gpios: Sequence[int], driver_config: DriverConfig, wait_for_pour_s: float) -> str:
-        """`barmaid off`: one connection; waits up to `wait_for_pour_s` for a playing wave to end
-        by itself, then stops any wave, writes every pump off and reads it back.
-
-        Returns:
-            One line saying what was done.
-        Raises:
-            PumpsUnavailable: the daemon cannot be reached, or did not switch the pumps off.
-        """
-        host, port = driver_config.daemon_address()
-        off_level = 1 if driver_config.active_low else 0
-        try:
-            pi = _open(host, port)
-        except _Unreachable as exc:
-            raise PumpsUnavailable(
-                f"the pigpio daemon at {host}:{port} cannot be reached ({exc});"
-                " start it with 'sudo systemctl enable --now pigpiod'"
-            ) from None
-        try:
-            start = time.monotonic()
-            busy = waited = bool(pi.wave_tx_busy()) and wait_for_pour_s > 0
-            while busy and time.monotonic() - start < wait_for_pour_s:
-                time.sleep(POLL)
-                busy = bool(pi.wave_tx_busy())
-            cut = bool(pi.wave_tx_busy())
-            on = _on_pins(pi, gpios, off_level)
-            _switch_off(pi, gpios, off_level, outputs=True)
-        except (pigpio.error, _NotOff, *_LOST) as exc:
-            raise PumpsUnavailable(f"the pigpio daemon at {host}:{port} did not switch the pumps off: {exc}") from None
-        finally:
-            _discard(pi)
-        what = [f"every pump off on GPIO {', '.join(map(str, gpios))} ({'active-low' if off_level else 'active-high'})"]
-        if waited:
-            what.append(f"after waiting {time.monotonic() - start:.1f} s for a pour to end")
-        if cut:
-            what.append("a pour still playing was stopped")
-        if on:
-            what.append(f"GPIO {', '.join(map(str, on))} had been on")
-        return f"pigpio daemon at {host}:{port}: " + "; ".join(what)
+        super().__init__(gpios, max_pump_seconds, config)
 
     @property
     def available(self) -> bool:
-        return self._pi is not None and not self._found
+        return self._conn is not None and not self._found
 
     def playing(self) -> bool:
         return self._found or self._playing
@@ -257,7 +155,7 @@ class PigpioDriver(Driver):
             except pigpio.error as exc:
                 self._safe_off(pi)
                 raise PourRejected(f"the pigpio daemon cannot play this pour: {exc}") from None
-            except _LOST as exc:
+            except LOST as exc:
                 self._lose(exc)
                 raise PumpsUnavailable(
                     f"lost the pigpio daemon while starting the pour ({exc})", maybe_started=True
@@ -271,25 +169,27 @@ class PigpioDriver(Driver):
         with self._lock:
             if self._found:
                 return  # a pour found playing at connect is not ours to cut
-            if self._pi is not None:
-                self._safe_off(self._pi)
+            if self._conn is not None:
+                self._safe_off(self._conn)
 
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            self.halt()
-            if self._pi is not None:
-                _discard(self._pi)
-                self._pi = None
-            if self._lost_at is not None:
-                log.error(
-                    "closing without the pigpio daemon at %s:%d: a pump may still be on;"
-                    " switch them off with 'barmaid off'",
-                    self.host,
-                    self.port,
-                )
-        if threading.current_thread() is not self._supervisor:
-            self._supervisor.join(timeout=COMMAND_TIMEOUT + 1)
+    @classmethod
+    def _force_off(cls, pi: pigpio.pi, gpios: Sequence[int], off_level: int, wait_for_pour_s: float) -> str:
+        start = time.monotonic()
+        busy = waited = bool(pi.wave_tx_busy()) and wait_for_pour_s > 0
+        while busy and time.monotonic() - start < wait_for_pour_s:
+            time.sleep(POLL)
+            busy = bool(pi.wave_tx_busy())
+        cut = bool(pi.wave_tx_busy())
+        on = _on_pins(pi, gpios, off_level)
+        _switch_off(pi, gpios, off_level, outputs=True)
+        what = [f"every pump off on GPIO {', '.join(map(str, gpios))} ({'active-low' if off_level else 'active-high'})"]
+        if waited:
+            what.append(f"after waiting {time.monotonic() - start:.1f} s for a pour to end")
+        if cut:
+            what.append("a pour still playing was stopped")
+        if on:
+            what.append(f"GPIO {', '.join(map(str, on))} had been on")
+        return "; ".join(what)
 
     # ---- waveform -------------------------------------------------------------------------
 
@@ -326,57 +226,62 @@ class PigpioDriver(Driver):
 
     # ---- connection -----------------------------------------------------------------------
 
+    @classmethod
+    def _open(cls, host: str, port: int, gpios: Sequence[int], off_level: int) -> pigpio.pi:
+        """One bounded connection attempt, without pigpio's notification thread."""
+        probe(host, port)  # pigpio.pi() never raises: probe first, to say why it cannot connect
+        pi = pigpio.pi(host, port, show_errors=False)
+        if not pi.connected:
+            raise Unreachable("the daemon did not answer")
+        notify, pi._notify = pi._notify, None
+        notify.stop()
+        notify.join(daemon.COMMAND_TIMEOUT)
+        return pi
+
+    @staticmethod
+    def _close_conn(pi: pigpio.pi) -> None:
+        """Closes a pigpio client, even one whose daemon is gone."""
+        try:
+            pi.stop()
+        except LOST:
+            pass
+
     def _require(self) -> pigpio.pi:
         if self._found:
             raise PumpsUnavailable(
                 "the pumps are unavailable: a pour started before barmaid connected (by another process,"
                 " or a barmaid that stopped mid-pour) is still playing; retry when it ends"
             )
-        if self._pi is None:
-            raise PumpsUnavailable(
-                f"the pumps are unavailable: the pigpio daemon at {self.host}:{self.port} cannot be reached"
-                f" ({self._why_not}); start it with 'sudo systemctl start pigpiod'"
-            )
-        return self._pi
+        if self._conn is None:
+            raise PumpsUnavailable(self._unavailable(self.host, self.port, self._why_not))
+        return self._conn
 
-    def _connect(self) -> bool:
-        """One attempt: connect, every pump off (unless a found pour plays), read the limits."""
-        try:
-            pi = _open(self.host, self.port)
-        except _Unreachable as exc:
-            return self._unreachable(str(exc))
-        try:
-            # A found wave is left alone, unless we lost the daemon during a pour of ours: then
-            # barmaid has already ended that action and the wave (if it lives) is ours to stop.
-            busy = bool(pi.wave_tx_busy())
-            found = busy and self._lost_at is None
-            on = [] if self._lost_at is None else _on_pins(pi, self.gpios, self.off_level)
-            if not found:
-                _switch_off(pi, self.gpios, self.off_level, outputs=True)
-            limits = (pi.wave_get_max_pulses(), pi.wave_get_max_micros())
-            version = pi.get_pigpio_version()
-        except (pigpio.error, _NotOff, *_LOST) as exc:
-            _discard(pi)
-            return self._unreachable(f"setting the pump pins failed: {exc}")
-        with self._lock:
-            if self._closed.is_set():  # closed while connecting: this client is not wanted
-                _discard(pi)
-                return False
-            self._pi, self._limits, self._found = pi, limits, found
-            self._ours = self._playing = False
-            lost_at, self._lost_at = self._lost_at, None
+    def _attach(self, pi: pigpio.pi) -> tuple[bool, bool, list[int], tuple[int, int], object]:
+        """Every pump off (unless a found pour plays); reads the daemon's limits."""
+        # A found wave is left alone, unless we lost the daemon during a pour of ours: then
+        # barmaid has already ended that action and the wave (if it lives) is ours to stop.
+        busy = bool(pi.wave_tx_busy())
+        found = busy and self._lost_at is None
+        on = [] if self._lost_at is None else _on_pins(pi, self.gpios, self.off_level)
+        if not found:
+            _switch_off(pi, self.gpios, self.off_level, outputs=True)
+        limits = (pi.wave_get_max_pulses(), pi.wave_get_max_micros())
+        return busy, found, on, limits, pi.get_pigpio_version()
+
+    def _attached(self, pi: pigpio.pi, state: Any, lost_at: Optional[float]) -> None:
+        busy, self._found, on, self._limits, version = state
+        self._ours = self._playing = False
         log.info(
             "connected to pigpio daemon v%s at %s:%d; %s on GPIO %s (%s)",
             version,
             self.host,
             self.port,
-            "a pour found playing is left to end by itself, pumps untouched" if found else "pumps off",
+            "a pour found playing is left to end by itself, pumps untouched" if self._found else "pumps off",
             ", ".join(map(str, self.gpios)),
             "active-low" if self.off_level else "active-high",
         )
         if lost_at is not None:
             self._report_unattended(time.monotonic() - lost_at, on, busy)
-        return True
 
     def _report_unattended(self, seconds: float, on: list[int], wave: bool) -> None:
         if on:
@@ -394,99 +299,42 @@ class PigpioDriver(Driver):
                 seconds,
             )
 
-    def _unreachable(self, why: str) -> bool:
-        if why != self._why_not:
-            log.warning(
-                "pigpio daemon at %s:%d unreachable (%s): blends and refills are refused until it is up."
-                " Start it with 'sudo systemctl enable --now pigpiod'; retrying in the background.",
-                self.host,
-                self.port,
-                why,
-            )
-        self._why_not = why
-        return False
-
-    def _supervise(self) -> None:
-        """Heartbeat while connected; reconnect while not: at heartbeat pace while a pump may be
-        on, else with backoff. Survives any exception (it is the only one watching the daemon)."""
-        delay = BACKOFF[0]
-        while not self._closed.is_set():
-            try:
-                if self._pi is not None:
-                    self._closed.wait(HEARTBEAT)
-                    self._beat()
-                elif self._connect():
-                    delay = BACKOFF[0]
-                elif self._lost_at is not None:
-                    self._closed.wait(HEARTBEAT)
-                else:
-                    self._closed.wait(delay)
-                    delay = min(delay * 2, BACKOFF[1])
-            except Exception as exc:  # a bug here must not end supervision
-                log.exception("pigpio supervisor: unexpected error; treating it as a lost daemon")
-                with self._lock:
-                    self._lose(exc)
-                self._closed.wait(HEARTBEAT)
-
-    def _beat(self) -> None:
+    def _beat(self, pi: pigpio.pi) -> bool:
         """Asks whether the wave still plays; a missing or wrong answer is a fault."""
-        lost_mid_pour = False
-        with self._lock:
-            pi = self._pi
-            if pi is None or self._closed.is_set():
-                return
-            try:
-                busy = bool(pi.wave_tx_busy())
-            except pigpio.error as exc:
-                log.error("the pigpio daemon answered the heartbeat with an error (%s): switching off", exc)
-                lost_mid_pour = self._playing
-                if not self._found:  # a found pour is never ours to cut, not even now
-                    self._safe_off(pi)
-                if self._pi is not None:
-                    self._lose(exc)
-            except _LOST as exc:
-                lost_mid_pour = self._playing
+        try:
+            busy = bool(pi.wave_tx_busy())
+        except pigpio.error as exc:
+            log.error("the pigpio daemon answered the heartbeat with an error (%s): switching off", exc)
+            lost_mid_pour = self._playing
+            if not self._found:  # a found pour is never ours to cut, not even now
+                self._safe_off(pi)
+            if self._conn is not None:
                 self._lose(exc)
-            else:
-                self._playing = self._playing and busy
-                if self._found and not busy:
-                    self._end_found(pi)
-        # Outside our lock: the owner will call halt() from its own lock.
-        if lost_mid_pour and self.on_lost is not None:
-            self.on_lost(f"the pigpio daemon at {self.host}:{self.port} went away ({self._why_not})")
+            return lost_mid_pour
+        except LOST as exc:
+            lost_mid_pour = self._playing
+            self._lose(exc)
+            return lost_mid_pour
+        self._playing = self._playing and busy
+        if self._found and not busy:
+            self._end_found(pi)
+        return False
 
     def _end_found(self, pi: pigpio.pi) -> None:
         """The pour found playing at connect has ended by itself: now every pump off."""
         try:
             _switch_off(pi, self.gpios, self.off_level, outputs=True)
-        except (pigpio.error, _NotOff, *_LOST) as exc:
+        except (pigpio.error, _NotOff, *LOST) as exc:
             self._lose(exc)
             return
         self._found = False
         log.info("the pour found playing at connect has ended; pumps off, ready to pour")
 
-    def _lose(self, exc: BaseException) -> None:
-        """Drops the connection; if a pump may be on, reconnect at heartbeat pace to switch it off."""
-        if isinstance(exc, OSError):
-            reason = exc.strerror or str(exc) or exc.__class__.__name__
-        elif isinstance(exc, (struct.error, AttributeError)):  # read nothing from a closed socket
-            reason = "the daemon closed the connection"
-        else:
-            reason = str(exc) or exc.__class__.__name__
-        if self._ours and self._lost_at is None:
-            self._lost_at = time.monotonic()
-        log.error(
-            "lost the pigpio daemon at %s:%d (%s); reconnecting%s",
-            self.host,
-            self.port,
-            reason,
-            " at once to switch every pump off" if self._lost_at is not None else "",
-        )
-        self._why_not = f"connection lost: {reason}"
+    def _may_drive_pumps(self) -> bool:
+        return self._ours
+
+    def _reset(self) -> None:
         self._playing = self._found = False
-        if self._pi is not None:
-            _discard(self._pi)
-            self._pi = None
 
     def _safe_off(self, pi: pigpio.pi) -> None:
         """Every pump off, the wave stopped, off again, read back. Any failure is a fault: the
@@ -496,7 +344,7 @@ class PigpioDriver(Driver):
         except (pigpio.error, _NotOff) as exc:
             log.error("the pigpio daemon did not switch the pumps off (%s); reconnecting to retry", exc)
             self._lose(exc)
-        except _LOST as exc:
+        except LOST as exc:
             self._lose(exc)
         else:
             self._ours = self._playing = False

@@ -6,7 +6,7 @@ end. rgpiod frees the handles of a client whose connection closes, and a freed l
 last level (a pump left on); so the chip handle is *shared* (`set_share_id`): it outlives a
 crashed barmaid, its wave ends on time, and the next barmaid finds it again (`use_share_id`).
 
-What the lg sources (v0.2.2) say and this module relies on:
+What the lg sources (v0.2.2) say and this module relies on (docs/dependencies.md has them all):
   - `gpiochip_open` returns `handle | chip << 16`; `set_share_id` needs `handle & 0xffff`.
   - A new wave starts at the timing thread's next pass, up to 20 ms after `tx_wave` returns;
     a wave sent while one plays is queued behind it. There is no cancel: freeing the group stops
@@ -20,28 +20,20 @@ from __future__ import annotations
 import atexit
 import logging
 import socket
-import struct
-import threading
 import time
-import types
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import rgpio
 
 from ..config import DriverConfig
 from ..errors import Busy, PourRejected, PumpsUnavailable
-from .base import Driver, Plan, spans, switches
+from . import daemon
+from .base import Plan, spans, switches
+from .daemon import LOST, DaemonDriver, TimedSockets, Unreachable, probe
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
-#: Bound on the connect and on every command (the client's sockets have none).
-COMMAND_TIMEOUT = 2.0
-#: How often the daemon is asked whether it is still there.
-HEARTBEAT = 0.25
-#: Reconnect backoff: from the first to the last, doubling. After a loss while a pump may be on,
-#: reconnects come at heartbeat pace instead, to switch it off the moment the daemon is back.
-BACKOFF = (0.5, 10.0)
 #: Error answers in a row after which the connection is started again.
 MAX_HEARTBEAT_ERRORS = 3
 #: The share id of barmaid's chip handle ("bm").
@@ -59,22 +51,10 @@ CHIP_LABELS = ("pinctrl-rp1", "pinctrl-bcm2711", "pinctrl-bcm2835")
 CHIP_NUMBERS = range(32)
 #: Handle slots of the daemon: where a shared handle can be.
 HANDLE_SLOTS = 1024
-#: What a lost daemon looks like through the client: no error of its own.
-_LOST = (OSError, struct.error, AttributeError, TypeError)
 _MODE_KERNEL_USED = 1
 _MODE_LG_OUTPUT = 2 << 8
 
-# The client's sockets, with a timeout on every connection it opens (its own have none).
-rgpio.socket = types.SimpleNamespace(
-    error=socket.error,
-    IPPROTO_TCP=socket.IPPROTO_TCP,
-    TCP_NODELAY=socket.TCP_NODELAY,
-    create_connection=lambda address, timeout=None: socket.create_connection(address, COMMAND_TIMEOUT),
-)
-
-
-class _Unreachable(Exception):
-    """The daemon cannot be used now; the message says why."""
+rgpio.socket = TimedSockets()
 
 
 class _Session:
@@ -85,14 +65,10 @@ class _Session:
         self.leader = self.gpios[0]
         self.off = [off_level] * len(self.gpios)
         self.off_bits = sum(off_level << i for i in range(len(self.gpios)))
-        try:
-            # rgpio.sbc() hides why it cannot connect: probe first, to say so.
-            socket.create_connection((host, port), timeout=COMMAND_TIMEOUT).close()
-        except OSError as exc:
-            raise _Unreachable(exc.strerror or str(exc)) from None
+        probe(host, port)  # rgpio.sbc() hides why it cannot connect
         self.sbc = rgpio.sbc(host, port, show_errors=False)
         if not self.sbc.connected:
-            raise _Unreachable("the daemon did not answer")
+            raise Unreachable("the daemon did not answer")
         self._end_notifications()
         self.handle = -1
         self.label = ""
@@ -106,7 +82,7 @@ class _Session:
             notify.sl.s.shutdown(socket.SHUT_RDWR)  # its recv returns: it ends and closes the socket
         except OSError:
             pass
-        notify.join(COMMAND_TIMEOUT)
+        notify.join(daemon.COMMAND_TIMEOUT)
 
     def open_chip(self) -> None:
         """Opens the chip of the header's GPIOs, found by its label, and uses barmaid's share."""
@@ -125,7 +101,7 @@ class _Session:
             self.sbc.gpiochip_close(handle)
         refused.discard("can not open gpiochip")  # no such /dev/gpiochipN
         why = f"rgpiod said: {', '.join(sorted(refused))}" if refused else "is this a Raspberry Pi?"
-        raise _Unreachable(f"no GPIO chip labelled {' or '.join(CHIP_LABELS)} ({why})")
+        raise Unreachable(f"no GPIO chip labelled {' or '.join(CHIP_LABELS)} ({why})")
 
     def found(self) -> dict[int, Optional[int]]:
         """Other handles (a crashed barmaid's shared one) that hold pump lines -> the leader of
@@ -157,7 +133,7 @@ class _Session:
         try:
             self.sbc.group_claim_output(self.handle, list(self.gpios), self.off)
         except rgpio.error as exc:
-            raise _Unreachable(
+            raise Unreachable(
                 f"GPIO {', '.join(map(str, self.gpios))} cannot be claimed ({exc}): another program,"
                 " or another barmaid, holds them"
             ) from None
@@ -182,18 +158,18 @@ class _Session:
         for what, step in steps:
             try:
                 step()
-            except (rgpio.error, _Unreachable) as exc:
+            except (rgpio.error, Unreachable) as exc:
                 refused.append(f"{what}: {exc}")
         try:
             self.check_off()
-        except (rgpio.error, _Unreachable) as exc:
+        except (rgpio.error, Unreachable) as exc:
             refused.append(str(exc))
         return refused
 
     def check_off(self) -> None:
         _, bits = self.sbc.group_read(self.handle, self.leader)
         if bits != self.off_bits or self.busy():
-            raise _Unreachable(f"the pump lines read {bits:#x}, not off ({self.off_bits:#x})")
+            raise Unreachable(f"the pump lines read {bits:#x}, not off ({self.off_bits:#x})")
 
     def close(self) -> None:
         """Closes the connection without a word to the daemon (it may be gone): the daemon keeps
@@ -205,29 +181,24 @@ class _Session:
             sock.close()
 
 
-class RgpioDriver(Driver):
+class RgpioDriver(DaemonDriver):
     """Pumps on GPIOs of a Raspberry Pi, through rgpiod, reconnecting on its own."""
 
+    DAEMON = "rgpiod"
+    SERVICE = "rgpiod"
+    ERROR = rgpio.error
+    log = log
+
     def __init__(self, gpios: Sequence[int], max_pump_seconds: float, config: DriverConfig) -> None:
-        super().__init__(gpios, max_pump_seconds)
-        self.host, self.port = config.daemon_address()
-        self.off_level = 1 if config.active_low else 0
-        self._lock = threading.RLock()
-        self._session: Optional[_Session] = None
         self._adopted: Optional[tuple[int, int]] = None  # (handle, leader) of a wave found playing
         self._may_adopt = True  # only at the first connection: later, a wave left is ours to end
         self._until = 0.0  # when our pour ends, on time.monotonic()
         self._errors = 0
-        self._pump_may_be_on = False  # lost while playing: reconnect at heartbeat pace
-        self._why_not = "not connected yet"
-        self._closed = threading.Event()
-        self._connect()
-        self._supervisor = threading.Thread(target=self._supervise, name="barmaid-rgpio", daemon=True)
-        self._supervisor.start()
+        super().__init__(gpios, max_pump_seconds, config)
 
     @property
     def available(self) -> bool:
-        return self._session is not None
+        return self._conn is not None
 
     def playing(self) -> bool:
         return self._adopted is not None or time.monotonic() < self._until
@@ -251,7 +222,7 @@ class RgpioDriver(Driver):
             except rgpio.error as exc:
                 self._off(session)
                 raise PourRejected(f"rgpiod cannot play this pour: {exc}") from None
-            except _LOST as exc:
+            except LOST as exc:
                 self._lose(exc, pump_may_be_on=sent)
                 raise PumpsUnavailable(
                     f"lost rgpiod at {self.host}:{self.port} while starting the pour ({self._why_not})",
@@ -265,52 +236,21 @@ class RgpioDriver(Driver):
     def halt(self) -> None:
         with self._lock:
             self._until = 0.0
-            if self._session is not None and self._adopted is None:
-                self._off(self._session)
-
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            self.halt()
-            if self._session is not None:
-                self._session.close()
-                self._session = None
-        if threading.current_thread() is not self._supervisor:
-            self._supervisor.join(timeout=COMMAND_TIMEOUT + 1)
+            if self._conn is not None and self._adopted is None:
+                self._off(self._conn)
 
     @classmethod
-    def force_off(cls, gpios: Sequence[int], driver_config: DriverConfig, wait_for_pour_s: float = 0.0) -> str:
-        """Every pump off through rgpiod, from a process of its own (`barmaid off`).
-
-        One connection attempt, bounded by COMMAND_TIMEOUT per command. A wave still playing (a
-        crashed barmaid's pour) is given up to `wait_for_pour_s` to end by itself, then stopped.
-
-        Returns:
-            What was done, for the builder.
-        Raises:
-            PumpsUnavailable: rgpiod cannot be reached, or the pumps could not be switched off.
-        """
-        host, port = driver_config.daemon_address()
-        off_level = 1 if driver_config.active_low else 0
-        session = None
-        try:
-            session = _Session(host, port, gpios, off_level)
-            session.open_chip()
-            deadline = time.monotonic() + wait_for_pour_s
-            waited = False
-            while time.monotonic() < deadline and any(w is not None for w in session.found().values()):
-                waited = True
-                time.sleep(min(HEARTBEAT, max(0.0, deadline - time.monotonic())))
-            session.take_lines()
-        except _Unreachable as exc:
-            raise PumpsUnavailable(_unavailable(host, port, str(exc))) from None
-        except (rgpio.error, *_LOST) as exc:
-            raise PumpsUnavailable(_unavailable(host, port, f"{exc.__class__.__name__}: {exc}")) from None
-        finally:
-            if session is not None:
-                session.close()
+    def _force_off(cls, session: _Session, gpios: Sequence[int], off_level: int, wait_for_pour_s: float) -> str:
+        """A wave still playing (a crashed barmaid's pour) is given up to `wait_for_pour_s` to end
+        by itself, then stopped."""
+        deadline = time.monotonic() + wait_for_pour_s
+        waited = False
+        while time.monotonic() < deadline and any(w is not None for w in session.found().values()):
+            waited = True
+            time.sleep(min(daemon.HEARTBEAT, max(0.0, deadline - time.monotonic())))
+        session.take_lines()
         waited_text = " after the pour that was playing" if waited else ""
-        return f"every pump off{waited_text} (GPIO {', '.join(map(str, gpios))}, rgpiod at {host}:{port})"
+        return f"every pump off{waited_text} (GPIO {', '.join(map(str, gpios))})"
 
     # ---- wave -----------------------------------------------------------------------------
 
@@ -335,40 +275,42 @@ class RgpioDriver(Driver):
 
     # ---- connection -----------------------------------------------------------------------
 
+    @classmethod
+    def _open(cls, host: str, port: int, gpios: Sequence[int], off_level: int) -> _Session:
+        session = _Session(host, port, gpios, off_level)
+        try:
+            session.open_chip()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    @staticmethod
+    def _close_conn(session: _Session) -> None:
+        session.close()
+
     def _require(self) -> _Session:
-        if self._session is None:
-            raise PumpsUnavailable(_unavailable(self.host, self.port, self._why_not))
+        if self._conn is None:
+            raise PumpsUnavailable(self._unavailable(self.host, self.port, self._why_not))
         if self._adopted is not None:
             raise Busy("the pumps are finishing a pour started before barmaid restarted; retry in a few seconds", 1)
-        return self._session
+        return self._conn
 
-    def _connect(self) -> bool:
-        """One attempt: connect, find the pump lines, adopt or end what plays, pumps off."""
-        session = None
-        try:
-            session = _Session(self.host, self.port, self.gpios, self.off_level)
-            session.open_chip()
-            playing = {h: g for h, g in session.found().items() if g is not None} if self._may_adopt else {}
-            if playing:
-                adopted = next(iter(playing.items()))
-                log.warning(
-                    "rgpiod still plays a pour on GPIO %s (barmaid was stopped mid-pour): leaving it to end",
-                    ", ".join(map(str, self.gpios)),
-                )
-            else:
-                adopted = None
-                session.take_lines()
-        except _Unreachable as exc:
-            if session is not None:
-                session.close()
-            return self._unreachable(str(exc))
-        except (rgpio.error, *_LOST) as exc:
-            if session is not None:
-                session.close()
-            return self._unreachable(f"setting the pump lines failed: {exc.__class__.__name__}: {exc}")
-        with self._lock:
-            self._session, self._adopted, self._may_adopt, self._errors = session, adopted, False, 0
-            self._pump_may_be_on = False
+    def _attach(self, session: _Session) -> Optional[tuple[int, int]]:
+        """Adopts what a crashed barmaid's shared handle still plays (first connection only), or
+        takes the pump lines at their off levels; returns the adopted (handle, leader)."""
+        playing = {h: g for h, g in session.found().items() if g is not None} if self._may_adopt else {}
+        if not playing:
+            session.take_lines()
+            return None
+        log.warning(
+            "rgpiod still plays a pour on GPIO %s (barmaid was stopped mid-pour): leaving it to end",
+            ", ".join(map(str, self.gpios)),
+        )
+        return next(iter(playing.items()))
+
+    def _attached(self, session: _Session, adopted: Any, lost_at: Optional[float]) -> None:
+        self._adopted, self._may_adopt, self._errors = adopted, False, 0
         log.info(
             "connected to rgpiod at %s:%d (chip %s); pumps %s on GPIO %s (%s)",
             self.host,
@@ -378,54 +320,9 @@ class RgpioDriver(Driver):
             ", ".join(map(str, self.gpios)),
             "active-low" if self.off_level else "active-high",
         )
-        return True
-
-    def _unreachable(self, why: str) -> bool:
-        if why != self._why_not:
-            log.warning(
-                "rgpiod at %s:%d unreachable (%s): blends and refills are refused until it is up."
-                " Start it with 'sudo systemctl enable --now rgpiod'; retrying in the background.",
-                self.host,
-                self.port,
-                why,
-            )
-        self._why_not = why
-        return False
-
-    def _supervise(self) -> None:
-        """Heartbeat while connected (and the end of an adopted pour); reconnect while not, at
-        heartbeat pace while a pump may be on, else with backoff. Survives any exception: it is
-        the only one watching the daemon."""
-        delay = BACKOFF[0]
-        while not self._closed.is_set():
-            try:
-                if self._session is not None:
-                    self._closed.wait(HEARTBEAT)
-                    self._heartbeat()
-                elif self._connect():
-                    delay = BACKOFF[0]
-                elif self._pump_may_be_on:
-                    self._closed.wait(HEARTBEAT)
-                else:
-                    self._closed.wait(delay)
-                    delay = min(delay * 2, BACKOFF[1])
-            except Exception as exc:  # a bug here must not end supervision
-                log.exception("rgpio supervisor: unexpected error; treating it as a lost daemon")
-                with self._lock:
-                    self._drop(f"unexpected error: {exc}")
-                self._closed.wait(HEARTBEAT)
-
-    def _heartbeat(self) -> None:
-        with self._lock:
-            if self._session is None or self._closed.is_set():
-                return
-            lost_mid_pour = self._beat(self._session)
-        # Outside our lock: the owner will call halt() from its own lock.
-        if lost_mid_pour and self.on_lost is not None:
-            self.on_lost(f"rgpiod at {self.host}:{self.port} went away ({self._why_not})")
 
     def _beat(self, session: _Session) -> bool:
-        """One heartbeat; True if the daemon was lost mid-pour."""
+        """One heartbeat (and the end of an adopted pour); True if the daemon was lost mid-pour."""
         try:
             if self._adopted is not None:
                 if not session.busy(*self._adopted):
@@ -435,49 +332,32 @@ class RgpioDriver(Driver):
             else:
                 session.busy()
             self._errors = 0
-        except (rgpio.error, _Unreachable) as exc:
+        except (rgpio.error, Unreachable) as exc:
             self._errors += 1
             log.error("rgpiod answered the heartbeat with an error (%s)", exc)
             if self._errors >= MAX_HEARTBEAT_ERRORS:
                 self._drop(f"{self._errors} errors in a row: {exc}")
-        except _LOST as exc:
+        except LOST as exc:
             mid_pour = self.playing()
             self._lose(exc)
             return mid_pour
         return False
 
-    def _lose(self, exc: BaseException, pump_may_be_on: bool = False) -> None:
-        if isinstance(exc, OSError):
-            reason = exc.strerror or str(exc) or exc.__class__.__name__
-        else:  # struct.error, AttributeError: the client read nothing from a closed socket
-            reason = "the daemon closed the connection"
-        log.error("lost rgpiod at %s:%d (%s); reconnecting", self.host, self.port, reason)
-        self._drop(f"connection lost: {reason}", pump_may_be_on)
+    def _may_drive_pumps(self) -> bool:
+        return self.playing()
 
-    def _drop(self, why: str, pump_may_be_on: bool = False) -> None:
-        self._why_not = why
-        self._pump_may_be_on = self._pump_may_be_on or pump_may_be_on or self.playing()
+    def _reset(self) -> None:
         self._until = 0.0
         self._adopted = None
-        if self._session is not None:
-            self._session.close()
-            self._session = None
 
     def _off(self, session: _Session) -> None:
         """Every pump off; a refusal is logged and the connection started again (which writes
         them off anew), a dead daemon is noted, not raised."""
         try:
             refused = session.all_off()
-        except _LOST as exc:
+        except LOST as exc:
             self._lose(exc, pump_may_be_on=True)
             return
         if refused:
             log.error("rgpiod refused to switch the pumps off cleanly: %s; reconnecting", "; ".join(refused))
             self._drop("it refused to switch the pumps off: " + "; ".join(refused), pump_may_be_on=True)
-
-
-def _unavailable(host: str, port: int, why: str) -> str:
-    return (
-        f"the pumps are unavailable: rgpiod at {host}:{port} cannot be reached ({why});"
-        " start it with 'sudo systemctl enable --now rgpiod'"
-    )
