@@ -524,6 +524,8 @@ class Stopped(Reply):
 class CalibrationPoint(BaseModel):
     """One measured calibrate run, and how far the fitted law is from it."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     seconds: float = Field(description="how long the pump really ran")
     ml: float = Field(description="what it poured, as given with set_flow")
     taken: float = Field(description="Unix time of the run")

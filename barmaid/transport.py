@@ -11,6 +11,7 @@ and the send path. The same port answers plain HTTP GETs through an optional `ht
 from __future__ import annotations
 
 import errno
+import ipaddress
 import itertools
 import logging
 import queue
@@ -67,6 +68,21 @@ class HttpResponse(NamedTuple):
 
 #: Gets the request target of a plain GET or HEAD (as sent, query included); None: not ours (426).
 HttpHandler = Callable[[str], Optional[HttpResponse]]
+
+
+def _unrebindable(host: str) -> bool:
+    """True for a Host header a hostile page cannot make its own by DNS rebinding: an IP address,
+    localhost or an mDNS name (.local). A page from evil.example whose name was rebound to the Pi
+    sends Origin and Host of evil.example, which match each other, so a name is no proof."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost" or name.endswith(".local"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class _Refused(Exception):
@@ -533,8 +549,10 @@ class Transport:
             return None
         origin = headers.get("origin", "").rstrip("/")
         host = headers.get("host", "").lower()
-        if origin in self.allowed_origins or (host and origin.lower() in (f"http://{host}", f"https://{host}")):
+        if origin in self.allowed_origins:
             return None
+        if _unrebindable(host) and origin.lower() in (f"http://{host}", f"https://{host}"):
+            return None  # the page barmaid itself serves (the panel)
         return f"origin {origin or '(none)'} is not in server.allowed_origins"
 
     # ---- connections (accept thread and handler threads) ------------------------------------

@@ -92,7 +92,7 @@ def test_the_commands_run_from_the_working_tree():
 def test_state_shows_the_machine_and_every_pump(server, cli):
     result = cli("state", "--url", url(server))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == f"barmaid at {url(server)}: idle"
+    assert result.stdout.splitlines()[0] == f"barmaid at {url(server)}: idle; pump hardware reachable"
     rows = [line for line in result.stdout.splitlines() if f"{FAST_FLOW_ML_S:.2f}" in line]
     assert len(rows) == 8 and "not tracked" in rows[0]
 

@@ -108,7 +108,7 @@ def test_the_token_from_the_flag_or_the_config_lets_it_pour(server_with, write_c
 
 def test_origin_is_sent_for_a_server_that_checks_it(server_with, smoke):
     server = server_with(allowed_origins=("http://kiosk.local",))
-    refused = smoke("--url", url(server), "--pumps", "2")
+    refused = smoke("--url", url(server), "--pumps", "2", "--origin", "http://evil.example")
     assert refused.returncode == 3 and "--origin" in refused.stderr
     assert smoke("--url", url(server), "--pumps", "2", "--origin", "http://kiosk.local", *SLACK).returncode == 0
 

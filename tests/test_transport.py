@@ -355,9 +355,9 @@ _UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version:
 _KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 #: Request bytes, then whether an HTTP 4xx answer is due (else the server just hangs up).
 HANDSHAKE_JUNK = {
-    "plain-http-get": (b"GET / HTTP/1.1\r\nHost: barmaid\r\n\r\n", True),
+    "plain-http-get": (b"GET /ws HTTP/1.1\r\nHost: barmaid\r\n\r\n", True),
     "post": (b"POST / HTTP/1.1\r\nHost: barmaid\r\n" + _UPGRADE + _KEY + b"Content-Length: 0\r\n\r\n", True),
-    "no-upgrade": (b"GET / HTTP/1.1\r\nHost: barmaid\r\nConnection: Upgrade\r\n" + _KEY + b"\r\n", True),
+    "no-upgrade": (b"GET /ws HTTP/1.1\r\nHost: barmaid\r\nConnection: Upgrade\r\n" + _KEY + b"\r\n", True),
     "no-key": (b"GET / HTTP/1.1\r\nHost: barmaid\r\n" + _UPGRADE + b"\r\n", True),
     "header-without-colon": (b"GET / HTTP/1.1\r\nHost barmaid\r\n" + _UPGRADE + _KEY + b"\r\n", True),
     "empty-connection": (b"", False),
@@ -952,3 +952,22 @@ def test_out_of_descriptors_the_accept_loop_does_not_spin_and_recovers(limited_s
     log = served.stop()
     assert log.count("cannot accept a connection") == 1, log
     assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "pi.example.com:{port}"])
+def test_a_page_whose_own_name_was_rebound_to_barmaid_is_not_its_own_origin(start_transport, raw, host):
+    """DNS rebinding: a page from evil.example, its name pointed at the Pi, sends Host and Origin of
+    evil.example, matching each other; only an IP address, localhost or a .local name proves the page
+    is barmaid's own."""
+    served = start_transport(allowed_origins=["http://kiosk.local"])
+    client = raw(served.port, handshake=False)
+    host = host.format(port=served.port)
+    client.sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n".encode() + _UPGRADE + _KEY + b"\r\n")
+    assert client.read_http_head().startswith(b"HTTP/1.1 403 ")
+
+
+def test_a_local_name_is_its_own_origin(start_transport, raw):
+    served = start_transport(allowed_origins=["http://kiosk.local"])
+    client = raw(served.port, handshake=False)
+    client.handshake(host=f"barmaid.local:{served.port}", origin=f"http://barmaid.local:{served.port}")
+    assert client.echo() == []
