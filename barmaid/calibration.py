@@ -9,8 +9,9 @@ more lengths give both, by least squares. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 from .config import MAX_FLOW_ML_S
 from .errors import BadMessage
@@ -80,10 +81,8 @@ def fit(points: Sequence[Run]) -> Fit:
         raise ValueError("fit needs at least one measured run")
     seconds = [p.seconds for p in points]
     ml = [p.ml for p in points]
-    if max(seconds) - min(seconds) < SAME_LENGTH_S:
-        law = Law(sum(ml) / sum(seconds))
-    else:
-        law = _least_squares(seconds, ml)
+    same_length = max(seconds) - min(seconds) < SAME_LENGTH_S
+    law = Law(sum(ml) / sum(seconds)) if same_length else _least_squares(seconds, ml)
     _check(law, points)
     return Fit(law, tuple(m - law.ml(s) for s, m in zip(seconds, ml)))
 

@@ -13,12 +13,21 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from . import __version__
 from .errors import BadMessage
-from .outcomes import Outcome
 from .explain import allowed, clip, show
+from .outcomes import Outcome
 from .strictjson import MAX_DEPTH, decode, encode
 
 if TYPE_CHECKING:
@@ -49,7 +58,7 @@ class Limits:
     max_pump_seconds: float = 120.0
 
     @classmethod
-    def from_config(cls, config: "Config") -> "Limits":
+    def from_config(cls, config: Config) -> Limits:
         return cls(len(config.pumps), config.limits.max_cup_size, config.limits.max_pump_seconds)
 
 
@@ -98,7 +107,9 @@ def _placeholder(name: str) -> WithJsonSchema:
 
 #: A configured pump's number; the GUI sends it as a string ("4") as often as an integer.
 PumpNumber = Annotated[
-    int, BeforeValidator(lambda value, info: pump_number(value, _limits(info), info.field_name)), _placeholder("PumpNumber")
+    int,
+    BeforeValidator(lambda value, info: pump_number(value, _limits(info), info.field_name)),
+    _placeholder("PumpNumber"),
 ]
 #: A finite number > 0 (millilitres).
 Positive = Annotated[
@@ -335,7 +346,9 @@ class Hello(Request):
 #: Every message a client may send, by type. A new request model only needs to be listed here.
 REQUESTS: dict[str, type[Request]] = {
     cls.type: cls
-    for cls in (Blend, Refill, Prime, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, ResetCalibration, Clean, Hello)
+    for cls in (
+        Blend, Refill, Prime, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, ResetCalibration, Clean, Hello
+    )
 }
 
 
@@ -545,7 +558,9 @@ class PumpState(BaseModel):
     calibration_seconds: Optional[float] = Field(
         None, description="length of the last calibrate run; null: none, or cut so its length is unknown"
     )
-    points: list[CalibrationPoint] = Field(default_factory=list, description="the runs flow_ml_s and dead_s are fitted to")
+    points: list[CalibrationPoint] = Field(
+        default_factory=list, description="the runs flow_ml_s and dead_s are fitted to"
+    )
     sim_poured_ml: Optional[float] = Field(
         None, description="simulated pumps only (absent otherwise): what the pump really poured since start"
     )

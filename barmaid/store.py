@@ -27,10 +27,11 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from .calibration import Run
 from .drivers.base import Span
@@ -227,7 +228,8 @@ class Store:
             if run.id is None:
                 self._db.execute("DELETE FROM calibration_runs WHERE pump = ? AND ml IS NULL", (run.pump,))
                 run_id = self._db.execute(
-                    "INSERT INTO calibration_runs (pump, taken, seconds, charged_ml, cut, ml) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO calibration_runs (pump, taken, seconds, charged_ml, cut, ml)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     (run.pump, run.taken, run.seconds, run.charged_ml, run.cut, run.ml),
                 ).lastrowid
             else:

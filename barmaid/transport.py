@@ -20,9 +20,10 @@ import struct
 import threading
 import time
 from base64 import b64encode
+from collections.abc import Sequence
 from hashlib import sha1
 from http import HTTPStatus
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 from websocket_server import WebsocketServer
 from websocket_server.websocket_server import WebSocketHandler
@@ -148,14 +149,14 @@ class Client:
     """One connected peer. `send` never blocks: what the socket does not take at once, a sender
     thread writes whole, in order, while the caller goes on."""
 
-    def __init__(self, number: int, handler: "_Handler") -> None:
+    def __init__(self, number: int, handler: _Handler) -> None:
         self.id = number
         self.address = handler.client_address
         self.path = handler.path
         self._sock: socket.socket = handler.request
         self._limit = SEND_QUEUE
         # Two places over the limit, for the close frame and the end mark: closing never waits.
-        self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(SEND_QUEUE + 2)
+        self._queue: queue.Queue[Optional[bytes]] = queue.Queue(SEND_QUEUE + 2)
         # Frames are queued under this lock, so none follows the close frame.
         self._lock = threading.Lock()
         #: Frames queued or being written by the sender; 0: the socket may be written directly.
@@ -247,7 +248,7 @@ class _Handler(WebSocketHandler):
     """Reads one connection: a strict handshake under one deadline, then frames, each checked
     before its payload is read."""
 
-    server: "_Server"
+    server: _Server
     path = "/"
 
     def setup(self) -> None:
@@ -419,7 +420,7 @@ class _Server(WebsocketServer):
     """The library's accept loop, with bounds on connections and on running out of descriptors."""
 
     request_queue_size = 64  # the library's 5 drops connections under a burst
-    transport: "Transport"
+    transport: Transport
 
     def __init__(self, host: str, port: int) -> None:
         self.address_family = _family(host)
@@ -609,7 +610,8 @@ class Transport:
             if self._closed:
                 refusal: Optional[tuple[int, str]] = (CloseCode.GOING_AWAY, "server shutting down")
             elif len(self._clients) >= self.max_clients:
-                refusal = (CloseCode.TRY_AGAIN_LATER, f"too many clients (server.max_clients {self.max_clients}), try later")
+                too_many = f"too many clients (server.max_clients {self.max_clients}), try later"
+                refusal = (CloseCode.TRY_AGAIN_LATER, too_many)
             else:
                 refusal = None
                 self._clients[client.id] = client
