@@ -129,7 +129,8 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # force=True: websocket_server calls logging.basicConfig() when imported (docs/dependencies.md).
+    # force=True: websocket_server calls logging.basicConfig() when imported
+    # (docs/dependencies.md, "websocket-server").
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -23,6 +23,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaMode
 
 from . import __version__
 from .errors import BadMessage
@@ -97,7 +98,10 @@ def positive(value: Any, field: str) -> float:
 
 
 def _limits(info: ValidationInfo) -> Limits:
-    return info.context["limits"]
+    if not info.context or "limits" not in info.context:
+        raise TypeError("request models validate only with context={'limits': Limits}: build them with protocol.build")
+    limits: Limits = info.context["limits"]
+    return limits
 
 
 def _placeholder(name: str) -> WithJsonSchema:
@@ -688,7 +692,9 @@ def schema(limits: Optional[Limits] = None) -> dict[str, Any]:
         limits = Limits.from_config(Config())
     defs: dict[str, Any] = {}
 
-    def envelope(model: type[BaseModel], kind: str, seed: bool, data_required: bool, mode: str) -> dict[str, Any]:
+    def envelope(
+        model: type[BaseModel], kind: str, seed: bool, data_required: bool, mode: JsonSchemaMode
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {}  # any JSON value: the echo's data
         if model not in (Echo, EchoReply):
             body = model.model_json_schema(ref_template="#/$defs/{model}", mode=mode)
@@ -699,7 +705,7 @@ def schema(limits: Optional[Limits] = None) -> dict[str, Any]:
                 data = {"anyOf": [data, {"type": "null"}]}
         return {
             "type": "object",
-            "description": f"{'seed' if seed else 'new'}: {' '.join(model.__doc__.split())}",
+            "description": f"{'seed' if seed else 'new'}: {' '.join((model.__doc__ or '').split())}",
             "properties": {"type": {"const": kind}, "data": data, "id": {"$ref": "#/$defs/RequestId"}},
             "required": ["type", "data"] if data_required else ["type"],
             "additionalProperties": False,

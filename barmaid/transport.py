@@ -1,6 +1,6 @@
 """The WebSocket transport: `websocket-server`'s accept loop, with our own connection handling.
 
-websocket-server 0.6.4 gets these wrong (docs/dependencies.md lists them): it reads any frame
+websocket-server 0.6.4 gets these wrong (docs/dependencies.md, "websocket-server"): it reads any frame
 size, writes with `send`, lets one slow client block every broadcast, raises on handshake junk,
 skips binary and continuation frames unread, and gives every connection a thread with no bound
 on how many or for how long. We keep its `socketserver` loop and replace the connection handler
@@ -282,13 +282,14 @@ class _Handler(WebSocketHandler):
             self.request.settimeout(None)
             self.client = transport._admit(self)
             if self.client is not None:
-                self._serve()
+                self._serve(self.client)
         except _Refused as exc:
             log.info("refused a handshake from %s: %s", self.client_address[0], exc.reason)
             body = f"{exc.reason}\n".encode()
             self._raw_send(http_response(exc.status, "text/plain; charset=utf-8", body, head_only=self._head))
         except FrameError as exc:
-            self.client.close(exc.code, exc.reason)
+            if self.client is not None:  # frames are read only once the client is admitted
+                self.client.close(exc.code, exc.reason)
             log.info("%r closed: %s", self.client, exc)
         except _Closed as exc:
             log.info("%s closed: %s", self.client or self.client_address[0], exc.args[0])
@@ -396,8 +397,8 @@ class _Handler(WebSocketHandler):
             raise EOFError("peer closed the connection")
         return data
 
-    def _serve(self) -> None:
-        client, read = self.client, self._read
+    def _serve(self, client: Client) -> None:
+        read = self._read
         assembler = Assembler(self.server.transport.max_message_bytes)
         while True:
             header = read_header(read)
