@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaMode
 
 from . import __version__
-from .errors import BadMessage
+from .errors import BadMessage, ErrorCode
 from .explain import allowed, clip, show
 from .outcomes import Outcome
 from .strictjson import MAX_DEPTH, decode, encode
@@ -508,7 +508,7 @@ class Error(Reply):
     type: ClassVar[str] = "error"
     seed: ClassVar[bool] = True
     msg: str
-    code: Optional[Literal["busy", "invalid", "unavailable", "token", "storage", "bottle", "internal"]] = Field(
+    code: Optional[ErrorCode] = Field(
         None, description="what kind of refusal; only to clients that speak the extended protocol"
     )
     retry_in: Optional[int] = Field(None, ge=0, description="busy only: whole seconds until the running action ends")
