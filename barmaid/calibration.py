@@ -9,8 +9,9 @@ more lengths give both, by least squares. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 from .config import MAX_FLOW_ML_S
 from .errors import BadMessage
@@ -79,13 +80,17 @@ def fit(points: Sequence[Run]) -> Fit:
     if not points:
         raise ValueError("fit needs at least one measured run")
     seconds = [p.seconds for p in points]
-    ml = [p.ml for p in points]
-    if max(seconds) - min(seconds) < SAME_LENGTH_S:
-        law = Law(sum(ml) / sum(seconds))
-    else:
-        law = _least_squares(seconds, ml)
+    ml = [_measured(p) for p in points]
+    same_length = max(seconds) - min(seconds) < SAME_LENGTH_S
+    law = Law(sum(ml) / sum(seconds)) if same_length else _least_squares(seconds, ml)
     _check(law, points)
     return Fit(law, tuple(m - law.ml(s) for s, m in zip(seconds, ml)))
+
+
+def _measured(run: Run) -> float:
+    if run.ml is None:
+        raise ValueError(f"run {run.id} of pump {run.pump} has no measured ml: only measured runs are fitted")
+    return run.ml
 
 
 def _least_squares(seconds: list[float], ml: list[float]) -> Law:
@@ -106,7 +111,7 @@ def _least_squares(seconds: list[float], ml: list[float]) -> Law:
 
 
 def _check(law: Law, points: Sequence[Run]) -> None:
-    listed = _listed([p.seconds for p in points], [p.ml for p in points])
+    listed = _listed([p.seconds for p in points], [_measured(p) for p in points])
     if law.dead_s < 0:
         raise BadMessage(
             f"the runs ({listed}) fit a start-up time of {law.dead_s:.2f} s: the pump would pour before it is"

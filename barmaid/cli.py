@@ -12,8 +12,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from . import __version__
 from . import commands as client_commands
@@ -128,7 +129,8 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # force=True: websocket_server calls logging.basicConfig() when imported (docs/dependencies.md).
+    # force=True: websocket_server calls logging.basicConfig() when imported
+    # (docs/dependencies.md, "websocket-server").
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -24,8 +24,9 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import websocket
 
@@ -104,7 +105,7 @@ class Refused(ClientError):
         self.retry_in = retry_in
 
     @classmethod
-    def from_data(cls, data: Any) -> "Refused":
+    def from_data(cls, data: Any) -> Refused:
         data = data if isinstance(data, dict) else {}
         msg = str(data.get("msg", "error without a message"))
         code, retry_in = data.get("code"), data.get("retry_in")
@@ -141,7 +142,7 @@ class Message:
 class Action:
     """One blocking action this client asked for: its acknowledgement, then its statuses to the end."""
 
-    def __init__(self, client: "Client", kind: str, request_id: RequestId, mark: int) -> None:
+    def __init__(self, client: Client, kind: str, request_id: RequestId, mark: int) -> None:
         self.client = client
         self.kind = kind
         self.id = request_id
@@ -280,7 +281,7 @@ class Client:
         token: Optional[str] = None,
         origin: Optional[str] = None,
         timeout: float = DEFAULT_TIMEOUT,
-    ) -> "Client":
+    ) -> Client:
         """Opens the connection and says hello (presenting the token, if any).
 
         Args:
@@ -312,7 +313,7 @@ class Client:
             raise
         return client
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -69,9 +69,8 @@ def add_commands(subparsers: Any) -> None:
     blend = command("blend", _blend, "pour a cup: blend --cup 0.04 1=0.2 2=0.1 5=0.7")
     blend.add_argument("--cup", type=_positive, required=True, metavar="LITRES", help="cup size in litres")
     blend.add_argument("ratios", nargs="+", type=_ratio, metavar="PUMP=RATIO", help="share of the cup, 0 to 1")
-    command("refill", _refill, "prime a pump after its bottle was changed (its level becomes a full bottle)").add_argument(
-        "pump", metavar="PUMP", help="pump number or name"
-    )
+    refill = command("refill", _refill, "prime a pump after its bottle was changed (its level becomes a full bottle)")
+    refill.add_argument("pump", metavar="PUMP", help="pump number or name")
     command("prime", _prime, "prime a pump's tube, leaving its level as it is").add_argument(
         "pump", metavar="PUMP", help="pump number or name"
     )
@@ -210,7 +209,7 @@ class Countdown:
         )
         self.task = self.progress.add_task(kind, total=None, left="")
 
-    def __enter__(self) -> "Countdown":
+    def __enter__(self) -> Countdown:
         self.progress.start()
         return self
 
@@ -424,9 +423,9 @@ def _calibrate(client: Client, view: View, args: argparse.Namespace) -> int:
         reply = client.request("reset_calibration", {"pump": pump})
         view.frame(reply)
         view.say("Its calibration starts over.")
-    if _yes(view, "Prime its tube first (bottle connected, a glass under the outlet)?", default=True):
-        if not _prime_for_calibration(client, view, pump):
-            return EXIT_INTERRUPTED
+    prime = _yes(view, "Prime its tube first (bottle connected, a glass under the outlet)?", default=True)
+    if prime and not _prime_for_calibration(client, view, pump):
+        return EXIT_INTERRUPTED
     runs: list[tuple[float, float]] = []
     for number, default in ((1, FIRST_RUN_S), (2, SECOND_RUN_S)):
         seconds = _run_seconds(view, number, default, runs)
@@ -460,7 +459,9 @@ def _run_seconds(view: View, number: int, default: float, runs: list[tuple[float
         default = max(default, 3 * runs[0][0])
     while True:
         seconds = _number_answer(
-            view, f"Run {number}: an empty measuring jug under the outlet, then how many seconds? [{default:g}]", default
+            view,
+            f"Run {number}: an empty measuring jug under the outlet, then how many seconds? [{default:g}]",
+            default,
         )
         if seconds <= 0:
             view.say("Give a number of seconds > 0.")
@@ -492,7 +493,9 @@ def _show_points(view: View, pump: dict[str, Any], runs: list[tuple[float, float
         table = Table("seconds", "ml", "residual ml")
         for point in points:
             residual = next((point[key] for key in ("residual_ml", "residual") if key in point), None)
-            table.add_row(_number(point.get("seconds"), "{:g}"), _number(point.get("ml"), "{:g}"), _number(residual, "{:+.2f}"))
+            table.add_row(
+                _number(point.get("seconds"), "{:g}"), _number(point.get("ml"), "{:g}"), _number(residual, "{:+.2f}")
+            )
         view.words.print(table)
     elif "dead_s" not in pump:
         (s1, ml1), (s2, ml2) = runs
@@ -519,7 +522,8 @@ def _check_pour(client: Client, view: View, pump: int) -> int:
     if action.outcome not in (None, "completed"):
         return finished(view, action)
     got = _number_answer(view, f"How many ml came out (asked for {ml:g})?", None)
-    view.result(f"Check pour: asked {ml:g} ml, got {got:g} ml ({got - ml:+.1f} ml, {(got - ml) / ml:+.1%}). Calibration done.")
+    off_by = f"{got - ml:+.1f} ml, {(got - ml) / ml:+.1%}"
+    view.result(f"Check pour: asked {ml:g} ml, got {got:g} ml ({off_by}). Calibration done.")
     return EXIT_OK
 
 

@@ -155,7 +155,7 @@ class Config(BaseModel):
         return tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
-    def _distinct_gpios(self) -> "Config":
+    def _distinct_gpios(self) -> Config:
         seen: dict[int, int] = {}
         for number, pump in enumerate(self.pumps):
             if pump.gpio in seen:
@@ -188,7 +188,8 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, dict[
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {show(raw, name_containers=True)}")
+            got = show(raw, name_containers=True)
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {got}")
     flags: set[tuple[str, str]] = set()
     for section, values in (overrides or {}).items():
         given = {k: v for k, v in values.items() if v is not None}
@@ -223,7 +224,8 @@ def _describe(err: Any) -> str:
     if err["loc"] == ("pumps",) and err["type"] == "too_short":
         return "pumps must list at least one pump, like [{gpio: 5}]"
     if err["type"] in ("model_type", "model_attributes_type"):
-        return f"{key} = {show(err['input'], name_containers=True)}: must be a mapping with the keys {', '.join(_allowed_keys(err['loc']))}"
+        keys = ", ".join(_allowed_keys(err["loc"]))
+        return f"{key} = {show(err['input'], name_containers=True)}: must be a mapping with the keys {keys}"
     return f"{key} = {show(err['input'], name_containers=True)}: must be {allowed(err)}"
 def _allowed_keys(loc: tuple) -> list[str]:
     model: Any = Config

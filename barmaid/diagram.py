@@ -5,7 +5,7 @@ Mermaid needs nothing installed; dot needs the `graphviz` package, svg also Grap
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from transitions.extensions import GraphMachine
 
@@ -29,7 +29,7 @@ def draw(fmt: str = "mermaid", definition: Optional[dict[str, Any]] = None) -> s
     if fmt not in FORMATS:
         raise BarmaidError(f"unknown diagram format {fmt!r}; use one of {', '.join(FORMATS)}")
     definition = definition or load_definition()
-    engine = "mermaid" if fmt == "mermaid" else "graphviz"
+    engine: Literal["mermaid", "graphviz"] = "mermaid" if fmt == "mermaid" else "graphviz"
     if engine == "graphviz":
         try:
             import graphviz  # noqa: F401  (transitions silently falls back to mermaid without it)

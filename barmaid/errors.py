@@ -7,38 +7,41 @@ of parsing the English `msg`.
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar, Literal, Optional
+
+#: The words an `error` reply's `code` can be.
+ErrorCode = Literal["busy", "invalid", "unavailable", "token", "storage", "bottle", "internal"]
 
 
 class BarmaidError(Exception):
     """Base of every error barmaid raises on purpose."""
 
     #: The `code` of the error reply: busy, invalid, unavailable, token, storage, bottle, internal.
-    code: ClassVar[str] = "internal"
+    code: ClassVar[ErrorCode] = "internal"
 
 
 class ConfigError(BarmaidError, ValueError):
     """The configuration file or states.yaml is wrong; the message names the key."""
 
-    code: ClassVar[str] = "invalid"
+    code: ClassVar[ErrorCode] = "invalid"
 
 
 class BadMessage(BarmaidError, ValueError):
     """A client sent a frame we cannot act on; the message is sent back to it as is."""
 
-    code: ClassVar[str] = "invalid"
+    code: ClassVar[ErrorCode] = "invalid"
 
 
 class TokenRequired(BadMessage):
     """A guarded message came from a client that has not presented server.token (or a wrong one)."""
 
-    code: ClassVar[str] = "token"
+    code: ClassVar[ErrorCode] = "token"
 
 
 class Busy(BarmaidError, RuntimeError):
     """A blocking action was asked for while another one runs."""
 
-    code: ClassVar[str] = "busy"
+    code: ClassVar[ErrorCode] = "busy"
 
     def __init__(self, msg: str, retry_in: int = 0) -> None:
         super().__init__(msg)
@@ -49,7 +52,7 @@ class Busy(BarmaidError, RuntimeError):
 class PumpsUnavailable(BarmaidError, RuntimeError):
     """The pump hardware (the pigpio or rgpio daemon) cannot be reached right now."""
 
-    code: ClassVar[str] = "unavailable"
+    code: ClassVar[ErrorCode] = "unavailable"
 
     def __init__(self, msg: str, maybe_started: bool = False) -> None:
         super().__init__(msg)
@@ -61,21 +64,21 @@ class PumpsUnavailable(BarmaidError, RuntimeError):
 class PourRejected(BarmaidError, ValueError):
     """A pour the driver cannot carry out exactly (too long, too many pulses)."""
 
-    code: ClassVar[str] = "invalid"
+    code: ClassVar[ErrorCode] = "invalid"
 
 
 class BottleTooLow(PourRejected):
     """A pour needs more than a tracked bottle holds; nothing moved."""
 
-    code: ClassVar[str] = "bottle"
+    code: ClassVar[ErrorCode] = "bottle"
 
 
 class StoreError(BarmaidError, RuntimeError):
     """The data directory cannot be written (read-only, full, locked); nothing was poured."""
 
-    code: ClassVar[str] = "storage"
+    code: ClassVar[ErrorCode] = "storage"
 
 
-def error_code(exc: Optional[BaseException]) -> str:
+def error_code(exc: Optional[BaseException]) -> ErrorCode:
     """The protocol's code for an exception: its own for barmaid's, `internal` for anything else."""
     return exc.code if isinstance(exc, BarmaidError) else "internal"

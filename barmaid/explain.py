@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -58,7 +59,7 @@ _ALLOWED = {
 }
 
 
-def allowed(err: dict[str, Any]) -> str:
+def allowed(err: Mapping[str, Any]) -> str:
     """What the field of one pydantic error allows, in words ("a number > 0", "true or false")."""
     template = _ALLOWED.get(err["type"])
     if template is None:  # not one we know: pydantic's sentence, without its "Input should be"

@@ -74,6 +74,8 @@ class DataDirLock:
             self._fd = None
 
     def _holder(self) -> str:
+        if self._fd is None:
+            return ""
         try:
             return os.pread(self._fd, 32, 0).decode(errors="replace").strip()
         except OSError:

@@ -12,6 +12,8 @@ from importlib import resources
 from typing import Optional
 from urllib.parse import urlsplit
 
+from .transport import HttpResponse
+
 #: The only files served, by URL path: a fixed table, so no path can reach another file.
 FILES: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -21,7 +23,7 @@ FILES: dict[str, tuple[str, str]] = {
 }
 
 
-def respond(path: str) -> Optional[tuple[int, str, bytes]]:
+def respond(path: str) -> Optional[HttpResponse]:
     """The HTTP answer for a request path: (status, content type, body), or None if not the panel's.
 
     Args:
@@ -31,4 +33,4 @@ def respond(path: str) -> Optional[tuple[int, str, bytes]]:
     if entry is None:
         return None
     name, content_type = entry
-    return 200, content_type, resources.files(__package__).joinpath("panel").joinpath(name).read_bytes()
+    return HttpResponse(200, content_type, resources.files(__package__).joinpath("panel").joinpath(name).read_bytes())

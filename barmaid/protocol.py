@@ -13,12 +13,22 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaMode
 
 from . import __version__
-from .errors import BadMessage
-from .outcomes import Outcome
+from .errors import BadMessage, ErrorCode
 from .explain import allowed, clip, show
+from .outcomes import Outcome
 from .strictjson import MAX_DEPTH, decode, encode
 
 if TYPE_CHECKING:
@@ -49,7 +59,7 @@ class Limits:
     max_pump_seconds: float = 120.0
 
     @classmethod
-    def from_config(cls, config: "Config") -> "Limits":
+    def from_config(cls, config: Config) -> Limits:
         return cls(len(config.pumps), config.limits.max_cup_size, config.limits.max_pump_seconds)
 
 
@@ -88,7 +98,10 @@ def positive(value: Any, field: str) -> float:
 
 
 def _limits(info: ValidationInfo) -> Limits:
-    return info.context["limits"]
+    if not info.context or "limits" not in info.context:
+        raise TypeError("request models validate only with context={'limits': Limits}: build them with protocol.build")
+    limits: Limits = info.context["limits"]
+    return limits
 
 
 def _placeholder(name: str) -> WithJsonSchema:
@@ -98,7 +111,9 @@ def _placeholder(name: str) -> WithJsonSchema:
 
 #: A configured pump's number; the GUI sends it as a string ("4") as often as an integer.
 PumpNumber = Annotated[
-    int, BeforeValidator(lambda value, info: pump_number(value, _limits(info), info.field_name)), _placeholder("PumpNumber")
+    int,
+    BeforeValidator(lambda value, info: pump_number(value, _limits(info), info.field_name)),
+    _placeholder("PumpNumber"),
 ]
 #: A finite number > 0 (millilitres).
 Positive = Annotated[
@@ -335,7 +350,9 @@ class Hello(Request):
 #: Every message a client may send, by type. A new request model only needs to be listed here.
 REQUESTS: dict[str, type[Request]] = {
     cls.type: cls
-    for cls in (Blend, Refill, Prime, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, ResetCalibration, Clean, Hello)
+    for cls in (
+        Blend, Refill, Prime, Echo, Stop, State, History, SetLevel, Calibrate, SetFlow, ResetCalibration, Clean, Hello
+    )
 }
 
 
@@ -491,7 +508,7 @@ class Error(Reply):
     type: ClassVar[str] = "error"
     seed: ClassVar[bool] = True
     msg: str
-    code: Optional[Literal["busy", "invalid", "unavailable", "token", "storage", "bottle", "internal"]] = Field(
+    code: Optional[ErrorCode] = Field(
         None, description="what kind of refusal; only to clients that speak the extended protocol"
     )
     retry_in: Optional[int] = Field(None, ge=0, description="busy only: whole seconds until the running action ends")
@@ -545,7 +562,9 @@ class PumpState(BaseModel):
     calibration_seconds: Optional[float] = Field(
         None, description="length of the last calibrate run; null: none, or cut so its length is unknown"
     )
-    points: list[CalibrationPoint] = Field(default_factory=list, description="the runs flow_ml_s and dead_s are fitted to")
+    points: list[CalibrationPoint] = Field(
+        default_factory=list, description="the runs flow_ml_s and dead_s are fitted to"
+    )
     sim_poured_ml: Optional[float] = Field(
         None, description="simulated pumps only (absent otherwise): what the pump really poured since start"
     )
@@ -673,7 +692,9 @@ def schema(limits: Optional[Limits] = None) -> dict[str, Any]:
         limits = Limits.from_config(Config())
     defs: dict[str, Any] = {}
 
-    def envelope(model: type[BaseModel], kind: str, seed: bool, data_required: bool, mode: str) -> dict[str, Any]:
+    def envelope(
+        model: type[BaseModel], kind: str, seed: bool, data_required: bool, mode: JsonSchemaMode
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {}  # any JSON value: the echo's data
         if model not in (Echo, EchoReply):
             body = model.model_json_schema(ref_template="#/$defs/{model}", mode=mode)
@@ -684,7 +705,7 @@ def schema(limits: Optional[Limits] = None) -> dict[str, Any]:
                 data = {"anyOf": [data, {"type": "null"}]}
         return {
             "type": "object",
-            "description": f"{'seed' if seed else 'new'}: {' '.join(model.__doc__.split())}",
+            "description": f"{'seed' if seed else 'new'}: {' '.join((model.__doc__ or '').split())}",
             "properties": {"type": {"const": kind}, "data": data, "id": {"$ref": "#/$defs/RequestId"}},
             "required": ["type", "data"] if data_required else ["type"],
             "additionalProperties": False,

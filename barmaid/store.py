@@ -27,10 +27,11 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from .calibration import Run
 from .drivers.base import Span
@@ -226,10 +227,11 @@ class Store:
         with self._lock, self._transaction():
             if run.id is None:
                 self._db.execute("DELETE FROM calibration_runs WHERE pump = ? AND ml IS NULL", (run.pump,))
-                run_id = self._db.execute(
-                    "INSERT INTO calibration_runs (pump, taken, seconds, charged_ml, cut, ml) VALUES (?, ?, ?, ?, ?, ?)",
+                run_id = _row_id(self._db.execute(
+                    "INSERT INTO calibration_runs (pump, taken, seconds, charged_ml, cut, ml)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     (run.pump, run.taken, run.seconds, run.charged_ml, run.cut, run.ml),
-                ).lastrowid
+                ))
             else:
                 self._db.execute("UPDATE calibration_runs SET ml = ? WHERE id = ?", (run.ml, run.id))
                 run_id = run.id
@@ -253,14 +255,14 @@ class Store:
                 pour unfinished counts it as run from then, never less than it really ran.
         """
         with self._lock, self._transaction():
-            return self._db.execute(
+            return _row_id(self._db.execute(
                 "INSERT INTO pours (started, action, planned_ml, outcome, spans, mono_start, boot_id)"
                 " VALUES (?, ?, ?, 'running', ?, ?, ?)",
                 (
                     time.time(), action, json.dumps(planned_ml),
                     json.dumps({p: [s.start, s.stop] for p, s in spans.items()}), mono_start, self.boot_id,
                 ),
-            ).lastrowid
+            ))
 
     def end_pour(
         self, pour_id: int, outcome: str, poured_ml: dict[int, float], pumps: dict[int, dict[str, Optional[float]]]
@@ -427,3 +429,10 @@ class Store:
 
 def _ml(text: str) -> dict[int, float]:
     return {int(pump): ml for pump, ml in json.loads(text).items()}
+
+
+def _row_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just wrote (sqlite3 leaves it None after any other statement)."""
+    if cursor.lastrowid is None:
+        raise StoreError("the database wrote the row but gave no id for it; restart barmaid")
+    return cursor.lastrowid

@@ -57,8 +57,10 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
-        key = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise _Refused(f"duplicate key {clip(json.dumps(key), 40)}: give each key once")
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"duplicate key {clip(json.dumps(key), 40)}: give each key once")
+            seen.add(key)
     return result
 
 

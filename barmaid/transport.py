@@ -1,6 +1,6 @@
 """The WebSocket transport: `websocket-server`'s accept loop, with our own connection handling.
 
-websocket-server 0.6.4 gets these wrong (docs/dependencies.md lists them): it reads any frame
+websocket-server 0.6.4 gets these wrong (docs/dependencies.md, "websocket-server"): it reads any frame
 size, writes with `send`, lets one slow client block every broadcast, raises on handshake junk,
 skips binary and continuation frames unread, and gives every connection a thread with no bound
 on how many or for how long. We keep its `socketserver` loop and replace the connection handler
@@ -20,9 +20,10 @@ import struct
 import threading
 import time
 from base64 import b64encode
+from collections.abc import Sequence
 from hashlib import sha1
 from http import HTTPStatus
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 from websocket_server import WebsocketServer
 from websocket_server.websocket_server import WebSocketHandler
@@ -148,14 +149,14 @@ class Client:
     """One connected peer. `send` never blocks: what the socket does not take at once, a sender
     thread writes whole, in order, while the caller goes on."""
 
-    def __init__(self, number: int, handler: "_Handler") -> None:
+    def __init__(self, number: int, handler: _Handler) -> None:
         self.id = number
         self.address = handler.client_address
         self.path = handler.path
         self._sock: socket.socket = handler.request
         self._limit = SEND_QUEUE
         # Two places over the limit, for the close frame and the end mark: closing never waits.
-        self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(SEND_QUEUE + 2)
+        self._queue: queue.Queue[Optional[bytes]] = queue.Queue(SEND_QUEUE + 2)
         # Frames are queued under this lock, so none follows the close frame.
         self._lock = threading.Lock()
         #: Frames queued or being written by the sender; 0: the socket may be written directly.
@@ -247,7 +248,7 @@ class _Handler(WebSocketHandler):
     """Reads one connection: a strict handshake under one deadline, then frames, each checked
     before its payload is read."""
 
-    server: "_Server"
+    server: _Server
     path = "/"
 
     def setup(self) -> None:
@@ -281,13 +282,14 @@ class _Handler(WebSocketHandler):
             self.request.settimeout(None)
             self.client = transport._admit(self)
             if self.client is not None:
-                self._serve()
+                self._serve(self.client)
         except _Refused as exc:
             log.info("refused a handshake from %s: %s", self.client_address[0], exc.reason)
             body = f"{exc.reason}\n".encode()
             self._raw_send(http_response(exc.status, "text/plain; charset=utf-8", body, head_only=self._head))
         except FrameError as exc:
-            self.client.close(exc.code, exc.reason)
+            if self.client is not None:  # frames are read only once the client is admitted
+                self.client.close(exc.code, exc.reason)
             log.info("%r closed: %s", self.client, exc)
         except _Closed as exc:
             log.info("%s closed: %s", self.client or self.client_address[0], exc.args[0])
@@ -395,8 +397,8 @@ class _Handler(WebSocketHandler):
             raise EOFError("peer closed the connection")
         return data
 
-    def _serve(self) -> None:
-        client, read = self.client, self._read
+    def _serve(self, client: Client) -> None:
+        read = self._read
         assembler = Assembler(self.server.transport.max_message_bytes)
         while True:
             header = read_header(read)
@@ -419,7 +421,7 @@ class _Server(WebsocketServer):
     """The library's accept loop, with bounds on connections and on running out of descriptors."""
 
     request_queue_size = 64  # the library's 5 drops connections under a burst
-    transport: "Transport"
+    transport: Transport
 
     def __init__(self, host: str, port: int) -> None:
         self.address_family = _family(host)
@@ -609,7 +611,8 @@ class Transport:
             if self._closed:
                 refusal: Optional[tuple[int, str]] = (CloseCode.GOING_AWAY, "server shutting down")
             elif len(self._clients) >= self.max_clients:
-                refusal = (CloseCode.TRY_AGAIN_LATER, f"too many clients (server.max_clients {self.max_clients}), try later")
+                too_many = f"too many clients (server.max_clients {self.max_clients}), try later"
+                refusal = (CloseCode.TRY_AGAIN_LATER, too_many)
             else:
                 refusal = None
                 self._clients[client.id] = client

@@ -37,19 +37,21 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional
 
 import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from fake_pigpiod import CMD_WVHLT, FakePigpiod  # the fake daemon the tests use
-from fake_rgpiod import FakeRgpiod
+# Imported after the path is set, so that the tests' fake daemons and the working tree's barmaid are the ones run.
+from fake_pigpiod import CMD_WVHLT, FakePigpiod  # noqa: E402  (the fake daemon the tests use)
+from fake_rgpiod import FakeRgpiod  # noqa: E402
 
-from barmaid import frames  # the server's own frame codec
+from barmaid import frames  # noqa: E402  (the server's own frame codec)
 
 DEFAULT_OUTPUT = ROOT / "docs" / "performance.md"
 GPIOS = (5, 6, 13, 16, 19, 20, 21, 26)
@@ -168,12 +170,12 @@ def machine() -> dict[str, str]:
 class Process:
     """A child process with its output in a file; stopped with SIGTERM, then SIGKILL."""
 
-    live: list["Process"] = []
+    live: ClassVar[list[Process]] = []
 
     def __init__(self, name: str, argv: list[str], workdir: Path, env: Optional[dict[str, str]] = None) -> None:
         self.name = name
         self.log = workdir / f"{name}.log"
-        self._out = open(self.log, "w")
+        self._out = open(self.log, "w")  # noqa: SIM115  (the child writes to it until stop() closes it)
         self.popen = subprocess.Popen(
             argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
             env={**os.environ, **(env or {})},
@@ -369,8 +371,8 @@ class Results:
 
     def add(self, key: str, figure: str, measured: str, target: str = "—", met: Optional[bool] = None) -> None:
         self.rows.append(Row(key, figure, measured, target, met))
-        print(f"  {figure}: {measured}" + (f"  (target {target}: {'met' if met else 'MISSED'})" if met is not None else ""),
-              flush=True)
+        verdict = f"  (target {target}: {'met' if met else 'MISSED'})" if met is not None else ""
+        print(f"  {figure}: {measured}{verdict}", flush=True)
 
 
 def ms(seconds: float) -> str:
@@ -434,9 +436,10 @@ def bench_echo(sizes: Sizes, barmaid_url: str, bare_url: str, pids: dict[str, in
                     before = cpu_seconds(pids[name])
                     g["rate"][name].append(throughput(clients, data, expected, sizes.tp_messages))
                     g["cpu"][name].append((cpu_seconds(pids[name]) - before) / (len(clients) * sizes.tp_messages))
-                print(f"  rep {rep + 1}/{sizes.reps}, {place}: " + ", ".join(
+                figures = ", ".join(
                     f"{n} p50 {g['p50'][n][-1] * 1e6:.0f} us p99 {g['p99'][n][-1] * 1e6:.0f} us"
-                    f" {g['rate'][n][-1]:.0f} msg/s {g['cpu'][n][-1] * 1e6:.0f} us CPU/msg" for n in servers), flush=True)
+                    f" {g['rate'][n][-1]:.0f} msg/s {g['cpu'][n][-1] * 1e6:.0f} us CPU/msg" for n in servers)
+                print(f"  rep {rep + 1}/{sizes.reps}, {place}: {figures}", flush=True)
     finally:
         set_affinity(list(pids.values()), every_cpu)
         for client in [*rt_clients.values(), *(c for cs in tp_clients.values() for c in cs)]:
@@ -545,7 +548,8 @@ def bench_pours(sizes: Sizes, url: str, daemon: FakePigpiod, res: Results) -> No
     res.raw["pour"] = {"errors": errors, "skews": skews, "starts": starts, "lateness": lateness}
     p99 = percentile(absolute, 99)
     res.add("pour_error", f"on-time error |measured - planned|, {sizes.pours} pours x 8 pumps",
-            f"p50 {ms(percentile(absolute, 50))}, p99 {ms(p99)} (signed {min(errors) * 1e3:+.3f} .. {max(errors) * 1e3:+.3f} ms)",
+            f"p50 {ms(percentile(absolute, 50))}, p99 {ms(p99)}"
+            f" (signed {min(errors) * 1e3:+.3f} .. {max(errors) * 1e3:+.3f} ms)",
             "p99 <= 2 ms", p99 <= 0.002)
     res.add("pour_skew", "start skew (last pump on - first pump on)",
             f"p50 {ms(percentile(skews, 50))}, max {ms(max(skews))}", "<= 1 ms", max(skews) <= 0.001)
@@ -747,7 +751,8 @@ def volume_errors(workdir: Path, name: str, runs: Sequence[float], noise: float)
     """One barmaid with the VOLUME_PUMPS, each calibrated from `runs`: ml -> per pump, poured - asked."""
     k = VOLUME_SPEEDUP
     pumps = [{"gpio": g, "flow_ml_s": 20.0 * k, "prime_ml": 5.0,
-              "sim": {"flow_ml_s": f * k, "dead_s": d / k, "noise_ml": noise}} for g, (f, d) in zip(GPIOS, VOLUME_PUMPS)]
+              "sim": {"flow_ml_s": f * k, "dead_s": d / k, "noise_ml": noise}}
+             for g, (f, d) in zip(GPIOS, VOLUME_PUMPS)]
     process, url = start_barmaid(f"barmaid-volume-{re.sub(r'[^a-z0-9]+', '-', name)}", workdir, pumps=pumps,
                                  server={"status_interval": 0.1}, limits={"max_cup_size": 2.0})
     peer = Peer(url)
@@ -816,10 +821,10 @@ def print_table(rows: list[Row]) -> None:
     heads = ("figure", "measured", "target", "met")
     widths = [max(w, len(h)) for w, h in zip(widths, heads)]
     print()
-    print("  ".join(h.ljust(w) for h, w in zip(heads, widths + [3])))
+    print("  ".join(h.ljust(w) for h, w in zip(heads, [*widths, 3])))
     for r in rows:
         met = "-" if r.met is None else ("yes" if r.met else "NO")
-        print("  ".join(v.ljust(w) for v, w in zip((r.figure, r.measured, r.target, met), widths + [3])))
+        print("  ".join(v.ljust(w) for v, w in zip((r.figure, r.measured, r.target, met), [*widths, 3])))
 
 
 def compared(runs: list[dict]) -> str:
@@ -831,7 +836,8 @@ def compared(runs: list[dict]) -> str:
                 keys.append(row["key"])
                 names[row["key"]] = row["figure"]
     head = "| figure | target | " + " | ".join(
-        f"run {i + 1}: {r['machine']['date']}{' (--quick)' if r.get('quick') else ''}" for i, r in enumerate(runs)) + " |"
+        f"run {i + 1}: {r['machine']['date']}{' (--quick)' if r.get('quick') else ''}"
+        for i, r in enumerate(runs)) + " |"
     lines = [head, "|---|---|" + "---|" * len(runs)]
     for key in keys:
         cells, target = [], "—"
@@ -904,7 +910,9 @@ Everything runs on loopback (127.0.0.1) in processes `scripts/bench.py` starts a
 """
 
 
-def render(machine_info: dict[str, str], rows: list[Row], runs: list[dict], notes: str, sizes: Sizes, quick: bool) -> str:
+def render(
+    machine_info: dict[str, str], rows: list[Row], runs: list[dict], notes: str, sizes: Sizes, quick: bool
+) -> str:
     missed = [r for r in rows if r.met is False]
     m = machine_info
     parts = [
@@ -941,8 +949,9 @@ def render(machine_info: dict[str, str], rows: list[Row], runs: list[dict], note
         "",
         compared(runs),
         "",
-        METHOD.format(block=RT_BLOCK, rt=sizes.rt_messages, warmup=sizes.warmup, reps=sizes.reps, clients=sizes.tp_clients,
-                      per=sizes.tp_messages, pours=sizes.pours, stops=sizes.stops, idle=sizes.idle_seconds),
+        METHOD.format(block=RT_BLOCK, rt=sizes.rt_messages, warmup=sizes.warmup, reps=sizes.reps,
+                      clients=sizes.tp_clients, per=sizes.tp_messages, pours=sizes.pours, stops=sizes.stops,
+                      idle=sizes.idle_seconds),
         f"{RUNS_MARK} {json.dumps(runs)} -->",
         "",
     ]
@@ -962,7 +971,7 @@ def write_report(path: Path, machine_info: dict[str, str], res: Results, sizes: 
             runs = []
     run = {"machine": machine_info, "quick": quick, "rows": [asdict(r) for r in res.rows]}
     if not quick:
-        runs = (runs + [run])[-KEEP_RUNS:]
+        runs = [*runs, run][-KEEP_RUNS:]
     path.write_text(render(machine_info, res.rows, runs or [run], notes, sizes, quick), encoding="utf-8")
     print(f"\nwrote {path}")
 

@@ -102,7 +102,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--config", type=Path, help="a barmaid config: the URL and token from its server section")
     parser.add_argument("--pumps", help="comma-separated pump numbers (default: every pump)")
     parser.add_argument("--ml", default="5", help="volume each pump pours (default 5)")
-    parser.add_argument("--tolerance", default=str(TOLERANCE), help=f"relative time error allowed (default {TOLERANCE})")
+    parser.add_argument(
+        "--tolerance", default=str(TOLERANCE), help=f"relative time error allowed (default {TOLERANCE})"
+    )
     parser.add_argument("--slack", default=str(SLACK_S), help=f"seconds of latency allowed on top (default {SLACK_S})")
     parser.add_argument("--yes", action="store_true", help="do not ask whether a cup is in place")
     args = parser.parse_args(argv)
@@ -131,7 +133,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return EXIT_CONNECT
         for pump in wanted or []:
             if pump >= len(pumps):
-                print(f"smoke_test: pump {pump} is not on this machine; it has pumps 0 to {len(pumps) - 1}", file=sys.stderr)
+                have = f"it has pumps 0 to {len(pumps) - 1}"
+                print(f"smoke_test: pump {pump} is not on this machine; {have}", file=sys.stderr)
                 return EXIT_USAGE
         chosen = wanted if wanted is not None else list(range(len(pumps)))
         total_ml = args.ml * (len(chosen) + (2 if len(chosen) >= 2 else 0))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Callable, NamedTuple, Optional, Union
 
 from ..errors import PourRejected
 
@@ -122,7 +123,7 @@ class Driver(ABC):
         """Halts and releases the hardware. Idempotent."""
         self.halt()
 
-    def __enter__(self) -> "Driver":
+    def __enter__(self) -> Driver:
         return self
 
     def __exit__(self, *exc: object) -> None:
