@@ -473,8 +473,10 @@
   }
 
   function drawTimeline(item) {
-    const W = Math.max(320, Math.min(900, $("timelines").clientWidth - 20 || 600));
-    const left = 76, right = 16, rowH = 24, top = 8;
+    // Drawn at the box's width in pixels, so text keeps its size (600 while the tab is hidden).
+    const shown = $("timelines").clientWidth;
+    const W = shown > 0 ? Math.max(320, Math.min(900, shown - 20)) : 600;
+    const left = 100, right = 16, rowH = 24, top = 16;
     const rows = item.rows.sort((a, b) => a.pump - b.pump);
     const end = Math.max(0.001, ...rows.map((r) => r.start + Math.max(r.planned, r.actual)));
     const x = (t) => left + ((W - left - right) * t) / end;
@@ -517,7 +519,7 @@
       const at = cut.length ? x(Math.max(...cut)) : x(end);
       if (cut.length) svg.append(h("svg:line", { x1: at, x2: at, y1: top, y2: axisY, class: "cut" }));
       const leftOf = at > W * 0.6;
-      svg.append(h("svg:text", { x: leftOf ? at - 3 : at + 3, y: top + 10, class: `cut-label${leftOf ? " end" : ""}`,
+      svg.append(h("svg:text", { x: leftOf ? at - 3 : at + 3, y: top - 4, class: `cut-label${leftOf ? " end" : ""}`,
         "data-testid": "timeline-outcome" }, OUTCOME_WORDS[item.outcome] || item.outcome));
     }
     if (item.now !== null) {
@@ -717,7 +719,7 @@
       h("svg:line", { x1: pad, x2: W - 8, y1: H - pad, y2: H - pad, class: "axis" }),
       h("svg:line", { x1: pad, x2: pad, y1: 8, y2: H - pad, class: "axis" }),
       h("svg:text", { x: W - 8, y: H - 8, class: "tick end" }, `${fmt(maxT, 1)} s`),
-      h("svg:text", { x: 4, y: 16, class: "tick" }, `${fmt(maxM, 0)} ml`)
+      h("svg:text", { x: pad + 4, y: 16, class: "tick" }, `${fmt(maxM, 0)} ml`)
     );
     const t0 = Math.max(0, line.dead);
     svg.append(h("svg:line", { x1: x(t0), y1: y(line.flow * (t0 - line.dead)), x2: x(maxT), y2: y(line.flow * (maxT - line.dead)), class: "fitline" }));
@@ -759,6 +761,7 @@
     tab.addEventListener("click", () => {
       for (const other of document.querySelectorAll(".tab")) other.setAttribute("aria-selected", String(other === tab));
       for (const page of document.querySelectorAll(".page")) page.hidden = page.id !== `tab-${tab.dataset.tab}`;
+      if (tab.dataset.tab === "timeline") renderTimelines(); // at the width it has now
     });
   }
 
