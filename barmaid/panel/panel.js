@@ -687,25 +687,22 @@
     const box = $("cal-fit");
     if (!p) return box.replaceChildren();
     const points = p.points;
-    const facts = [
-      h("p", {}, `${nameOf(pump)} pours with flow `, h("strong", { "data-testid": "cal-server-flow" }, `${fmt(p.flow_ml_s)} ml/s`),
-        ` and start-up ${fmt(p.dead_s, 2)} s`, points.length ? "." : " (the config's: not calibrated yet)."),
-    ];
-    if (points.length) {
-      const lengths = new Set(points.map((q) => q.seconds)).size;
-      facts.push(
-        h("p", { "data-testid": "cal-line" }, `Fit of ${points.length} run${points.length > 1 ? "s" : ""}: `,
-          h("strong", {}, `${fmt(p.flow_ml_s)} ml/s`), `, start-up ${fmt(p.dead_s, 2)} s before liquid comes out.`,
-          lengths < 2 ? " A second run of another length separates flow from start-up time." : ""),
-        h("table", { class: "points", "data-testid": "cal-points" },
-          h("thead", {}, h("tr", {}, h("th", {}, "run"), h("th", {}, "seconds"), h("th", {}, "ml"), h("th", {}, "residual ml"))),
-          h("tbody", {}, points.map((q, i) =>
-            h("tr", { "data-testid": "cal-point" }, h("td", {}, String(i + 1)), h("td", {}, fmt(q.seconds, 2)), h("td", {}, fmt(q.ml)),
-              h("td", { class: Math.abs(q.residual_ml) > 1 ? "far" : "" }, `${q.residual_ml >= 0 ? "+" : ""}${fmt(q.residual_ml, 2)}`))))),
-        drawFit(points, { flow: p.flow_ml_s, dead: p.dead_s })
-      );
+    if (!points.length) {
+      return box.replaceChildren(h("p", {}, `${nameOf(pump)} pours with the config's flow, `,
+        h("strong", {}, `${fmt(p.flow_ml_s)} ml/s`), ", and no start-up time: not calibrated yet."));
     }
-    box.replaceChildren(...facts);
+    const lengths = new Set(points.map((q) => q.seconds)).size;
+    box.replaceChildren(
+      h("p", { "data-testid": "cal-line" }, `${nameOf(pump)}: fit of ${points.length} run${points.length > 1 ? "s" : ""}: `,
+        h("strong", {}, `${fmt(p.flow_ml_s)} ml/s`), `, start-up ${fmt(p.dead_s, 2)} s before liquid comes out.`,
+        lengths < 2 ? " A second run of another length separates flow from start-up time." : ""),
+      h("table", { class: "points", "data-testid": "cal-points" },
+        h("thead", {}, h("tr", {}, h("th", {}, "run"), h("th", {}, "seconds"), h("th", {}, "ml"), h("th", {}, "residual ml"))),
+        h("tbody", {}, points.map((q, i) =>
+          h("tr", { "data-testid": "cal-point" }, h("td", {}, String(i + 1)), h("td", {}, fmt(q.seconds, 2)), h("td", {}, fmt(q.ml)),
+            h("td", { class: Math.abs(q.residual_ml) > 1 ? "far" : "" }, `${q.residual_ml >= 0 ? "+" : ""}${fmt(q.residual_ml, 2)}`))))),
+      drawFit(points, { flow: p.flow_ml_s, dead: p.dead_s })
+    );
   }
 
   function drawFit(points, line) {
