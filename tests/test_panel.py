@@ -1,8 +1,8 @@
 """The service panel in a real browser (Debian's Chromium, driven by Playwright) against a real server.
 
-The panel's files are served by a small http.server that calls `barmaid.panel.respond`, and the
-page is pointed at the barmaid under test with `?ws=`. Pumps run at 100 ml/s here, so pours last
-a few tenths of a second: long enough to be seen, short enough for the suite.
+The page is loaded from the barmaid under test, on its own port (http://127.0.0.1:PORT/, the
+WebSocket's), as a builder opens it. Pumps run at 100 ml/s here, so pours last a few tenths of a
+second: long enough to be seen, short enough for the suite.
 
 Without Chromium or the playwright package these tests skip, saying how to run them; with
 BARMAID_BROWSER_TESTS=required (as .ci/run sets) they fail instead.
@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -23,9 +21,8 @@ import pytest
 from barmaid import panel
 from barmaid.config import Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
-from barmaid.protocol import REQUESTS
+from barmaid.errors import PumpsUnavailable
 from barmaid.server import BarmaidServer
-from barmaid.transport import Client, Transport
 
 from conftest import Peer, close_quickly, eventually, fast_pumps
 
@@ -45,6 +42,7 @@ FLOW_ML_S = 100.0
 PRIME_ML = 10.0
 CAPACITY_ML = 700.0
 TOKEN = "party-secret-42"
+RUM = "white rum"
 #: Longest wait for the page to show something; a healthy panel does it in milliseconds.
 WAIT_MS = 5000
 
@@ -119,32 +117,9 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def panel_url() -> Iterator[str]:
-    """An http.server on loopback that answers with panel.respond, as barmaid's port will."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            answer = panel.respond(self.path)
-            status, kind, body = answer if answer else (404, "text/plain", b"not the panel's")
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, name="test-panel-http", daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def slow_config(write_config: Callable[..., Path], **server: Any) -> Config:
     pumps = [dict(pump, capacity_ml=CAPACITY_ML) for pump in fast_pumps(FLOW_ML_S, PRIME_ML)]
+    pumps[0]["name"] = RUM
     config = load_config(write_config({"pumps": pumps}), {"server": {"host": "127.0.0.1", "status_interval": 0.05, **server}})
     return config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
 
@@ -154,9 +129,9 @@ def start_barmaid(write_config: Callable[..., Path]) -> Iterator[Callable[..., B
     """Starts a BarmaidServer with 8 simulated pumps at 100 ml/s, bottles of 700 ml."""
     started: list[BarmaidServer] = []
 
-    def start(**server: Any) -> BarmaidServer:
+    def start(driver: type[SimulatedDriver] = SimulatedDriver, **server: Any) -> BarmaidServer:
         config = slow_config(write_config, **server)
-        barmaid = BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps], config.limits.max_pump_seconds))
+        barmaid = BarmaidServer(config, driver.for_config(config))
         barmaid.start()
         started.append(barmaid)
         return barmaid
@@ -173,10 +148,23 @@ def context(browser: Any) -> Iterator[Any]:
     context.close()
 
 
+class Frames:
+    """The WebSocket frames a page sent and received, decoded."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+
+    def watch(self, ws: Any) -> None:
+        ws.on("framesent", lambda payload: self.sent.append(json.loads(payload)))
+        ws.on("framereceived", lambda payload: self.received.append(json.loads(payload)))
+
+
 @pytest.fixture
-def open_panel(context: Any, panel_url: str) -> Iterator[Callable[..., Any]]:
-    """Opens the panel on a barmaid in a new tab (so with its own sessionStorage); at the end, fails
-    the test if the page's script threw anything."""
+def open_panel(context: Any) -> Iterator[Callable[..., Any]]:
+    """Opens the panel from a barmaid's own port in a new tab (so with its own sessionStorage);
+    `page.frames_seen` records its WebSocket traffic. At the end, fails the test if the page's script
+    threw anything."""
     pages: list[Any] = []
     thrown: list[str] = []
 
@@ -184,9 +172,11 @@ def open_panel(context: Any, panel_url: str) -> Iterator[Callable[..., Any]]:
         page = context.new_page()
         pages.append(page)
         page.on("pageerror", lambda error: thrown.append(str(error)))
+        page.frames_seen = Frames()
+        page.on("websocket", page.frames_seen.watch)
         page.set_viewport_size({"width": width, "height": height})
         page.set_default_timeout(WAIT_MS)
-        page.goto(f"{panel_url}?ws=ws://127.0.0.1:{barmaid.port}/")
+        page.goto(f"http://127.0.0.1:{barmaid.port}/")
         if ready:
             page.get_by_test_id("link").filter(has_text="online").wait_for()
             page.get_by_test_id("pump-7").wait_for()
@@ -236,9 +226,10 @@ def test_pumps_show_name_level_flow_startup_and_refill_fills_the_bottle(open_pan
     assert page.get_by_test_id("pumps").locator("article").count() == 8
     expect_text(page, "machine", "^idle")
     expect_text(page, "flow-2", r"^100\.0 ml/s$")
-    expect_text(page, "dead-2", r"^(–|\d+\.\d\d s)$")
+    expect_text(page, "dead-2", r"^0\.00 s$")
     expect_text(page, "level-2", "not tracked")
-    assert page.get_by_test_id("pump-2").locator(".name").inner_text().strip()
+    assert page.get_by_test_id("pump-0").locator(".name").inner_text() == RUM  # the config's name
+    assert page.get_by_test_id("pump-2").locator(".name").inner_text() == "Pump 2"  # not named
     page.get_by_test_id("refill-2").click()
     expect_text(page, "level-2", r"^690 of 700 ml$")  # a full bottle less what priming took
     tab(page, "History")
@@ -246,22 +237,39 @@ def test_pumps_show_name_level_flow_startup_and_refill_fills_the_bottle(open_pan
     assert barmaid.controller.pumps[2].level_ml == pytest.approx(CAPACITY_ML - PRIME_ML)
 
 
-def test_prime_fills_the_tube_or_says_this_server_has_none(open_panel, barmaid: BarmaidServer) -> None:
+def test_prime_fills_the_tube_and_takes_what_it_drew_off_the_level(open_panel, barmaid: BarmaidServer) -> None:
     page = open_panel(barmaid)
     page.get_by_test_id("level-input-1").fill("300")
     page.get_by_test_id("level-save-1").click()
     expect_text(page, "level-1", r"^300 of 700 ml$")
-    prime = page.get_by_test_id("prime-1")
-    if "prime" in REQUESTS:
-        prime.click()
-        tab(page, "History")
-        expect_text(page, "history", r"prime.*completed")
-        # Priming keeps the bottle (no reset to full) but takes what it drew off its level.
-        expect_text(page, "level-1", rf"^{300 - PRIME_ML:.0f} of 700 ml$")
-    else:  # an older barmaid: the panel found out when it connected, and offers Refill instead
-        page.wait_for_function("() => document.querySelector(\"[data-testid='prime-1']\").disabled")
-        assert "Refill" in prime.get_attribute("title")
-        assert not page.get_by_test_id("toast").is_visible()  # finding out is not an error
+    page.get_by_test_id("prime-1").click()
+    tab(page, "History")
+    expect_text(page, "history", r"prime.*completed")
+    # Priming keeps the bottle (no reset to full) but takes what it drew off its level.
+    expect_text(page, "level-1", rf"^{300 - PRIME_ML:.0f} of 700 ml$")
+    expect_text(page, "sim-1", rf"^simulated: {PRIME_ML:.1f} ml poured$")
+
+
+def test_the_panel_learns_from_welcome_and_matches_every_reply_by_id(open_panel, barmaid: BarmaidServer) -> None:
+    """No probing: hello first, every request with an id and data it accepts, no error at connect."""
+    page = open_panel(barmaid)
+    frames = page.frames_seen
+    page.get_by_test_id("refill-3").click()
+    expect_text(page, "level-3", r"^690 of 700 ml$")
+    assert frames.sent[0]["type"] == "hello" and "data" not in frames.sent[0]  # no token stored: never fails
+    assert [f for f in frames.received if f["type"] == "error"] == []
+    ids = [f["id"] for f in frames.sent]
+    assert len(set(ids)) == len(ids) and all(isinstance(i, str) for i in ids)
+    assert all(f["type"] not in ("prime", "reset_calibration") for f in frames.sent)
+    started = next(f for f in frames.received if f["type"] == "started")
+    assert started["id"] == next(f["id"] for f in frames.sent if f["type"] == "refill")
+
+
+def test_the_same_origin_may_connect_whatever_allowed_origins_says(open_panel, start_barmaid) -> None:
+    barmaid = start_barmaid(allowed_origins=["http://gui.example"])
+    page = open_panel(barmaid)
+    page.get_by_test_id("refill-6").click()
+    expect_text(page, "level-6", r"^690 of 700 ml$")
 
 
 def test_stop_ends_a_calibration_and_its_timeline_is_shorter_than_planned(open_panel, barmaid: BarmaidServer) -> None:
@@ -279,6 +287,7 @@ def test_stop_ends_a_calibration_and_its_timeline_is_shorter_than_planned(open_p
     expect_text(page, "onoff-0", "^off$")
     assert barmaid.controller.state == "idle" and not barmaid.controller.driver.playing()
     page.locator("[data-testid='timeline'][data-outcome='stopped']").wait_for()
+    expect_text(page, "timeline-outcome", "^stopped$")
     (bar,) = drawn_bars(page)
     assert bar["pump"] == 0 and bar["planned"] == pytest.approx(30.0)
     assert 0 < bar["actual"] < 10 and bar["actual_px"] < bar["planned_px"] / 3
@@ -299,10 +308,76 @@ def test_calibration_wizard_runs_twice_sets_the_flow_and_shows_the_fit(open_pane
     page.get_by_test_id("cal-ml2").fill("44")
     page.get_by_test_id("cal-save2").click()
     # 20 ml in 0.2 s and 44 ml in 0.4 s: 120 ml/s after a start-up of 0.2 - 20/120 = 0.03 s.
-    expect_text(page, "cal-line", r"120\.0 ml/s, start-up 0\.03 s")
+    expect_text(page, "cal-line", r"fit of 2 runs: 120\.0 ml/s, start-up 0\.03 s")
     assert eventually(lambda: barmaid.controller.pumps[3].flow_ml_s != FLOW_ML_S)
     expect_text(page, "flow-3", rf"^{barmaid.controller.pumps[3].flow_ml_s:.1f} ml/s$")
+    expect_text(page, "dead-3", r"^0\.03 s$")
     assert page.locator("[data-testid='cal-fit'] circle").count() == 2
+    # Two points lie on their line: the server's residuals are 0.
+    assert page.get_by_test_id("cal-point").all_inner_texts() == ["1\t0.20\t20.0\t+0.00", "2\t0.40\t44.0\t+0.00"]
+    page.get_by_test_id("cal-reset").click()
+    expect_text(page, "cal-note", "forgotten")
+    expect_text(page, "flow-3", r"^100\.0 ml/s$")
+    assert page.get_by_test_id("cal-point").count() == 0
+
+
+def test_a_third_run_shows_each_points_residual_from_the_server(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    tab(page, "Calibrate")
+    for run, (seconds, ml) in enumerate([(0.2, 20), (0.4, 40), (0.3, 36)]):
+        box = 1 if run % 2 == 0 else 2
+        page.get_by_test_id(f"cal-s{box}").fill(str(seconds))
+        page.get_by_test_id(f"cal-run{box}").click()
+        expect_text(page, "cal-note", rf"ran {seconds:.2f} s")
+        page.get_by_test_id(f"cal-ml{box}").fill(str(ml))
+        page.get_by_test_id(f"cal-save{box}").click()
+        expect_text(page, "cal-note", "^Saved")
+    expect_text(page, "cal-line", "fit of 3 runs")
+    law = barmaid.controller.pumps[0]
+    expect_text(page, "cal-line", rf"{law.flow_ml_s:.1f} ml/s, start-up {law.dead_s:.2f} s")
+    residuals = [p.residual_ml for p in law.points]
+    shown = [row.split("\t")[3] for row in page.get_by_test_id("cal-point").all_inner_texts()]
+    assert shown == [f"{r:+.2f}" for r in residuals] and any(abs(r) > 0.5 for r in residuals)
+
+
+def test_errors_say_busy_with_retry_in_and_bottle(open_panel, barmaid: BarmaidServer) -> None:
+    page = open_panel(barmaid)
+    page.get_by_test_id("level-input-2").fill("5")
+    page.get_by_test_id("level-save-2").click()
+    expect_text(page, "level-2", r"^5 of 700 ml$")
+    page.get_by_test_id("prime-2").click()  # 10 ml from a bottle of 5
+    expect_text(page, "toast", r"^bottle too low: pump 2 needs 10\.0 ml")
+    gui = Peer(f"ws://127.0.0.1:{barmaid.port}/")
+    try:
+        gui.send({"type": "calibrate", "data": {"pump": 0, "seconds": 30}})
+        expect_text(page, "machine", "^calibrating")
+        page.evaluate("() => document.querySelector(\"[data-testid='refill-4']\").disabled = false")  # a click racing the state
+        page.get_by_test_id("refill-4").click()
+        expect_text(page, "toast", r"^busy: Already calibrating ! Retry in \d+ sec \(try again in \d+ s\)$")
+        page.get_by_test_id("stop").click()
+        expect_text(page, "machine", "^idle")
+    finally:
+        gui.close()
+
+
+class HardwareOff(SimulatedDriver):
+    """Simulated pumps whose daemon cannot be reached: every pour is refused as unavailable."""
+
+    @property
+    def available(self) -> bool:
+        return False
+
+    def pour(self, plan: Any) -> float:
+        raise PumpsUnavailable("the pumps are unavailable: the test's daemon is switched off")
+
+
+def test_pumps_offline_from_hardware_and_the_unavailable_error(open_panel, start_barmaid) -> None:
+    barmaid = start_barmaid(driver=HardwareOff)
+    page = open_panel(barmaid)
+    expect_text(page, "machine", r"^idle · pumps offline$")
+    page.get_by_test_id("refill-1").click()
+    expect_text(page, "toast", r"^pumps offline: the pumps are unavailable")
+    assert barmaid.controller.pumps[1].level_ml is None  # nothing moved, nothing counted
 
 
 def test_levels_and_timeline_after_a_blend_from_another_screen(open_panel, barmaid: BarmaidServer) -> None:
@@ -335,7 +410,7 @@ def test_cleaning_runs_the_chosen_pumps_and_leaves_levels(open_panel, barmaid: B
         page.get_by_test_id(f"clean-{pump}").uncheck()
     page.get_by_test_id("clean-start").click()
     tab(page, "History")
-    expect_text(page, "history", r"clean.*Pump 0 10\.0 / 10\.0, Pump 1 10\.0 / 10\.0.*completed")
+    expect_text(page, "history", r"clean.*white rum 10\.0 / 10\.0, Pump 1 10\.0 / 10\.0.*completed")
 
 
 def test_with_a_token_the_panel_asks_once_per_session(open_panel, start_barmaid) -> None:
@@ -381,63 +456,3 @@ def test_stop_stays_in_view_and_nothing_overflows_on_a_phone_and_the_touchscreen
             assert name != "pumps" or seen["scrolled"] > 0, where  # 8 pumps do not fit: STOP stayed while scrolled
 
 
-class NewerBarmaid:
-    """A scripted server speaking the extended protocol (ids, welcome, names, dead_s, calibration
-    points, hardware, prime, reset_calibration) on the real transport, recording every request."""
-
-    PUMPS = [
-        {"pump": p, "name": "white rum" if p == 0 else None, "flow_ml_s": 21.0, "prime_ml": 8.0, "level_ml": None,
-         "capacity_ml": None, "calibration_seconds": 20.0 if p == 0 else None, "dead_s": 0.48 if p == 0 else 0.0,
-         "points": [{"seconds": 10.0, "ml": 200.0}, {"seconds": 20.0, "ml": 410.0}] if p == 0 else []}
-        for p in range(8)
-    ]
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.transport = Transport("127.0.0.1", 0, self._on_message)
-        self.port = self.transport.port
-        self.transport.start()
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def _on_message(self, client: Client, text: str) -> None:
-        request = json.loads(text)
-        self.requests.append(request)
-        kind, data = request["type"], request.get("data")
-        reply: dict[str, Any] = {"state": {"state": "idle", "action": None, "remaining_time": 0, "hardware": False, "pumps": self.PUMPS},
-                                 "history": {"pours": []},
-                                 "welcome": {"msg": "this connection may pour", "protocol": 2, "token_required": False, "may_pour": True,
-                                             "hardware": False, "limits": {"max_parallel_pumps": None}, "pumps": self.PUMPS,
-                                             "types": ["blend", "refill", "prime", "echo", "stop", "state", "history", "set_level",
-                                                       "calibrate", "set_flow", "reset_calibration", "clean", "hello"]}}
-        answer = {"hello": "welcome", "state": "state", "history": "history"}.get(kind)
-        if kind in ("prime", "reset_calibration") and data is None:
-            client.send(json.dumps({"type": "error", "id": request["id"], "data": {"msg": f'{kind}: "data" missing', "code": "invalid"}}))
-        elif answer:
-            client.send(json.dumps({"type": answer, "id": request["id"], "data": reply[answer]}))
-
-    def received(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["type"] == kind and "data" in r]
-
-
-def test_with_a_newer_barmaid_the_panel_shows_names_startup_points_and_offers_prime_and_reset(open_panel) -> None:
-    newer = NewerBarmaid()
-    try:
-        page = open_panel(newer)
-        expect_text(page, "pump-0", "^white rum")
-        expect_text(page, "pump-1", "^Pump 1")  # not named
-        expect_text(page, "dead-0", r"^0\.48 s$")
-        expect_text(page, "machine", "pumps offline")
-        page.get_by_test_id("prime-0").click()
-        assert eventually(lambda: newer.received("prime") != [])
-        tab(page, "Calibrate")
-        expect_text(page, "cal-line", r"Fit of 2 runs: 21\.0 ml/s, start-up 0\.48 s")
-        expect_text(page, "cal-fit", r"start-up 0\.48 s")
-        page.get_by_test_id("cal-reset").click()
-        assert eventually(lambda: newer.received("reset_calibration") != [])
-        assert newer.received("prime")[0]["data"] == {"pump": 0} and newer.received("reset_calibration")[0]["data"] == {"pump": 0}
-        assert all(set(r) <= {"type", "data", "id"} and isinstance(r["id"], str) for r in newer.requests)
-        assert not page.get_by_test_id("toast").is_visible()  # the probes' answers are not shown
-    finally:
-        close_quickly(newer)

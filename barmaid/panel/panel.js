@@ -1,8 +1,10 @@
 // barmaid service panel: one WebSocket to the machine, the pumps, a timeline of pours, the tools.
 //
-// It speaks the protocol of docs/protocol.md and uses the newer parts when the server has them
-// (request ids, welcome, prime, reset_calibration, names, dead_s, calibration points, outcome on
-// the final status), falling back to what every barmaid answers. No library, nothing fetched.
+// It speaks the extended protocol of docs/protocol.md: `hello` first, whose `welcome` says which
+// request types the server accepts, whether a token is needed and whether the pumps are reachable;
+// every request carries an id, and its reply (or error, by `code`) is matched by that id. The pumps'
+// law (flow_ml_s, dead_s) and calibration points come from the server, never recomputed here.
+// No library, nothing fetched.
 "use strict";
 
 (() => {
@@ -36,11 +38,11 @@
   const ui = {
     ws: null,
     nextId: 1,
-    onError: new Map(), // request id -> what to do with its error
+    pending: new Map(), // request id -> {type, onReply, onError}: answered by the frames with that id
     state: null, // the last `state` data
-    welcome: null, // the `welcome` data, when the server sends one
-    supported: null, // Set of request types from welcome, or null: unknown
-    unsupported: new Set(), // request types this server turned down as unknown
+    welcome: null, // the `welcome` data
+    types: new Set(), // the request types this server accepts (welcome.types)
+    hardware: true, // false: the pump hardware cannot be reached (welcome and state `hardware`)
     remaining: 0,
     localPlan: null, // {action, seconds: {pump: s}, at}: the pour this panel just asked for
     live: null, // the running (or just ended) pour: {action, t0, spans, ended, outcome, id}
@@ -52,12 +54,8 @@
   };
 
   const pumps = () => (ui.state ? ui.state.pumps : []);
-  const nameOf = (pump) => {
-    const fromState = pumps()[pump] && pumps()[pump].name;
-    const fromWelcome = ui.welcome && Array.isArray(ui.welcome.pumps) && ui.welcome.pumps[pump];
-    return fromState || (fromWelcome && fromWelcome.name) || `Pump ${pump}`;
-  };
-  const has = (type) => !ui.unsupported.has(type) && (ui.supported === null || ui.supported.has(type));
+  const nameOf = (pump) => (pumps()[pump] && pumps()[pump].name) || `Pump ${pump}`;
+  const has = (type) => ui.types.has(type);
   const busy = () => ui.state !== null && ui.state.state !== "idle";
 
   // ---- the connection ----------------------------------------------------------------------
@@ -67,10 +65,9 @@
     ui.ws = ws;
     ws.onopen = () => {
       setLink(true);
-      hello(sessionStorage.getItem(TOKEN_KEY) || "");
+      hello(sessionStorage.getItem(TOKEN_KEY) || null);
       send("state");
       send("history", { limit: 10 });
-      probe();
     };
     ws.onmessage = (event) => {
       let message;
@@ -79,9 +76,10 @@
       } catch (err) {
         return toast(`the machine sent something that is not JSON: ${String(event.data).slice(0, 80)}`);
       }
+      const request = message.id !== undefined ? ui.pending.get(message.id) : undefined;
       const handler = HANDLERS[message.type];
-      if (handler) handler(message.data || {}, message);
-      ui.onError.delete(message.id);
+      if (handler) handler(message.data || {}, request);
+      if (request && FINAL.has(message.type)) ui.pending.delete(message.id);
     };
     ws.onclose = () => {
       if (ui.ws !== ws) return;
@@ -90,8 +88,12 @@
     };
   }
 
-  /** Sends one request with an id (servers that know ids copy it into the reply). */
-  function send(type, data, onError) {
+  /** The reply types that end a request (`started` and the pushed `state` come before some). */
+  const FINAL = new Set(["welcome", "state", "history", "stopped", "done", "error", "echo"]);
+
+  /** Sends one request with an id, which the server copies into its reply and errors. `onReply`
+   * gets the final reply's data; `onError` gets an error's text and data (and it is toasted too). */
+  function send(type, data, onError, onReply) {
     if (!ui.ws || ui.ws.readyState !== WebSocket.OPEN) {
       toast("not connected to the machine; retrying…");
       return null;
@@ -99,7 +101,7 @@
     const id = `panel-${ui.nextId++}`;
     const message = { type, id };
     if (data !== undefined) message.data = data;
-    if (onError) ui.onError.set(id, onError);
+    ui.pending.set(id, { type, onError, onReply });
     ui.ws.send(JSON.stringify(message));
     return id;
   }
@@ -107,27 +109,15 @@
   /** Asks for a pour; `seconds` (pump -> s) is what the panel expects it to run, for the timeline. */
   function pour(type, data, seconds, onError) {
     ui.localPlan = { action: type, seconds, at: now() };
-    return send(type, data, onError);
+    const id = send(type, data, onError);
+    if (id) ui.pending.get(id).plan = ui.localPlan;
+    return id;
   }
 
-  /** Newer request types, sent without data: an older barmaid answers "unknown type", a newer
-   * one that its data is missing; nothing moves either way, and neither answer is shown. */
-  const PROBED = ["prime", "reset_calibration"];
-
-  function probe() {
-    ui.probes = new Set(PROBED);
-    for (const type of PROBED) send(type, undefined, () => {});
-  }
-
-  function isProbeAnswer(msg) {
-    const type = [...(ui.probes || [])].find((t) => msg.includes(`"${t}"`) || msg.startsWith(`${t}:`));
-    if (type) ui.probes.delete(type);
-    return type !== undefined;
-  }
-
+  /** Asks what the server is; with a token, presents it (a hello without one never fails). */
   function hello(token) {
     ui.tokenTried = token;
-    send("hello", { token });
+    send("hello", token ? { token } : undefined);
   }
 
   function setLink(up) {
@@ -139,14 +129,15 @@
   // ---- messages from the server ------------------------------------------------------------
 
   const HANDLERS = {
-    state(data) {
+    state(data, request) {
       ui.state = data;
-      if (data.hardware !== undefined) ui.hardware = data.hardware;
+      ui.hardware = data.hardware;
       if (data.state !== "idle" && (!ui.live || ui.live.ended !== null)) beginLive(data.action, null, data.remaining_time);
       if (data.state === "idle" && ui.live && ui.live.ended === null) endLive(null);
       if (data.state === "idle") ui.remaining = 0;
       if (data.state === "idle" && ui.wizard.running && ui.wizard.running.started) wizardRan();
       renderAll();
+      if (request && request.onReply) request.onReply(data);
     },
     status(data) {
       ui.remaining = data.remaining_time;
@@ -176,12 +167,10 @@
     },
     welcome(data) {
       ui.welcome = data;
-      if (Array.isArray(data.types)) ui.supported = new Set(data.types);
-      if (data.hardware !== undefined) ui.hardware = data.hardware;
-      // may_pour (newer servers) says whether this connection may pour; older ones welcome only a good token.
-      const mayPour = data.may_pour !== undefined ? data.may_pour : !(data.token_required && !ui.tokenTried);
-      if (!mayPour) {
-        askToken(ui.tokenTried ? "that token was not accepted" : "");
+      ui.types = new Set(data.types);
+      ui.hardware = data.hardware;
+      if (!data.may_pour) {
+        askToken("");
       } else if (ui.tokenTried) {
         sessionStorage.setItem(TOKEN_KEY, ui.tokenTried);
         $("token-dialog").close();
@@ -189,37 +178,59 @@
       renderAll();
     },
     stopped(data) {
-      toast(data.msg || "stopped", "info");
+      toast(data.msg, "info");
     },
-    started() {}, // the first status follows
-    done() {}, // set_level, set_flow: the pushed state came first
+    started(data, request) {
+      // Our own pour: the server says how long it runs, to the millisecond (a one-pump plan is
+      // exactly that long); its first status follows.
+      ui.hardware = true;
+      const seconds = request && request.plan && request.plan.seconds;
+      const only = seconds && Object.keys(seconds);
+      if (only && only.length === 1) seconds[only[0]] = data.seconds;
+    },
+    done(data, request) {
+      if (request && request.onReply) request.onReply(data);
+    },
     echo() {},
-    error(data, message) {
-      const msg = data.msg || "the machine refused that";
-      const unknown = /unknown type "([a-z_]+)"/.exec(msg);
-      if (unknown) ui.unsupported.add(unknown[1]);
-      if (data.code === "token" || /token/.test(msg)) {
+    error(data, request) {
+      if (data.code === "token") {
         sessionStorage.removeItem(TOKEN_KEY);
-        askToken(msg);
-        if (msg.startsWith("hello") && !ui.tokenTried) return; // asking without a token: the dialog says it
+        askToken(request && request.type === "hello" ? data.msg : "");
+        if (request && request.type === "hello") return; // the dialog says it
       }
-      const own = message.id !== undefined && ui.onError.get(message.id);
-      if (isProbeAnswer(msg)) return renderAll();
-      if (own) own(msg, data);
+      if (data.code === "unavailable") ui.hardware = false;
+      const msg = errorText(data);
+      if (request && request.onError) request.onError(msg, data);
       else if (ui.wizard.running && !ui.wizard.running.started) wizardFailed(msg);
       toast(msg);
       renderAll();
     },
   };
 
+  /** What an error means to the person at the machine, by its code; the server's msg says the rest. */
+  function errorText(data) {
+    switch (data.code) {
+      case "busy":
+        return `busy: ${data.msg}` + (data.retry_in !== undefined ? ` (try again in ${data.retry_in} s)` : "");
+      case "bottle":
+        return `bottle too low: ${data.msg}`;
+      case "token":
+        return `token needed: ${data.msg}`;
+      case "unavailable":
+        return `pumps offline: ${data.msg}`;
+      default:
+        return data.msg;
+    }
+  }
+
   // ---- the running pour and its plan -------------------------------------------------------
 
-  /** Seconds each pump runs for planned millilitres, at today's flows. */
+  /** Seconds each pump runs for planned millilitres, by today's law: dead_s + ml / flow_ml_s. */
   function plannedSeconds(ml) {
     const seconds = {};
     for (const [pump, volume] of Object.entries(ml || {})) {
       const state = pumps()[pump];
-      seconds[pump] = state ? volume / state.flow_ml_s : 0;
+      seconds[pump] = state && volume > 0 ? state.dead_s + volume / state.flow_ml_s : 0;
     }
     return seconds;
   }
@@ -266,8 +277,7 @@
     const mine = ui.localPlan;
     ui.localPlan = null;
     if (!mine || now() - mine.at > 10) return null;
-    const same = !action || action === mine.action || (mine.action === "prime" && action === "refill");
-    return same ? mine : null;
+    return !action || action === mine.action ? mine : null;
   }
 
   function beginLive(action, initial, remaining) {
@@ -352,8 +362,9 @@
     card.levelText = h("span", { class: "level-text", "data-testid": `level-${pump}` });
     card.flow = h("span", { "data-testid": `flow-${pump}` });
     card.dead = h("span", { "data-testid": `dead-${pump}` });
-    card.prime = h("button", { "data-testid": `prime-${pump}`, onclick: () => prime(pump) }, "Prime");
-    card.refill = h("button", { "data-testid": `refill-${pump}`, onclick: () => refill(pump) }, "Refill");
+    card.sim = h("span", { class: "sim", "data-testid": `sim-${pump}` });
+    card.prime = h("button", { "data-testid": `prime-${pump}`, title: "fill the tube again; what it draws comes off the level", onclick: () => prime(pump) }, "Prime");
+    card.refill = h("button", { "data-testid": `refill-${pump}`, title: "a new bottle: primes, then the level is full less the priming", onclick: () => refill(pump) }, "Refill");
     card.levelInput = h("input", { type: "number", min: 0, step: "any", placeholder: "ml", "data-testid": `level-input-${pump}` });
     const levelForm = h(
       "form",
@@ -367,7 +378,7 @@
       h("div", { class: "head" }, card.name, card.onoff),
       h("div", { class: "bar", title: "level of capacity" }, card.fill),
       card.levelText,
-      h("div", { class: "facts" }, h("span", {}, "flow ", card.flow), h("span", {}, "start-up ", card.dead)),
+      h("div", { class: "facts" }, h("span", {}, "flow ", card.flow), h("span", {}, "start-up ", card.dead), card.sim),
       h("div", { class: "actions" }, card.prime, card.refill),
       levelForm
     );
@@ -396,23 +407,21 @@
             ? `${fmt(level, 0)} of ${fmt(capacity, 0)} ml`
             : `${fmt(level, 0)} ml`;
       card.flow.textContent = `${fmt(p.flow_ml_s)} ml/s`;
-      card.dead.textContent = p.dead_s === undefined || p.dead_s === null ? "–" : `${fmt(p.dead_s, 2)} s`;
+      card.dead.textContent = `${fmt(p.dead_s, 2)} s`;
+      card.sim.textContent = p.sim_poured_ml === undefined ? "" : `simulated: ${fmt(p.sim_poured_ml)} ml poured`;
       card.prime.disabled = busy() || !has("prime");
-      card.prime.title = has("prime") ? "fill the tube; the level stays" : "this barmaid has no prime: Refill primes too, and counts a full bottle";
-      card.refill.disabled = busy();
+      card.refill.disabled = busy() || !has("refill");
     });
     showOnOff();
   }
 
-  function prime(pump) {
+  /** Prime or refill one pump; its `started` reply says exactly how long it runs. */
+  function primeAs(type, pump) {
     const p = pumps()[pump];
-    pour("prime", { pump }, { [pump]: p.prime_ml / p.flow_ml_s + (p.dead_s || 0) });
+    pour(type, { pump }, plannedSeconds({ [pump]: p.prime_ml }));
   }
-
-  function refill(pump) {
-    const p = pumps()[pump];
-    pour("refill", { pump }, { [pump]: p.prime_ml / p.flow_ml_s + (p.dead_s || 0) });
-  }
+  const prime = (pump) => primeAs("prime", pump);
+  const refill = (pump) => primeAs("refill", pump);
 
   function setLevel(pump, value) {
     if (value === "" || !(Number(value) >= 0)) return toast("set level: enter the millilitres left in the bottle, 0 or more");
@@ -464,8 +473,10 @@
   }
 
   function drawTimeline(item) {
-    const W = Math.max(320, Math.min(900, $("timelines").clientWidth - 20 || 600));
-    const left = 76, right = 16, rowH = 24, top = 8;
+    // Drawn at the box's width in pixels, so text keeps its size (600 while the tab is hidden).
+    const shown = $("timelines").clientWidth;
+    const W = shown > 0 ? Math.max(320, Math.min(900, shown - 20)) : 600;
+    const left = 100, right = 16, rowH = 24, top = 16;
     const rows = item.rows.sort((a, b) => a.pump - b.pump);
     const end = Math.max(0.001, ...rows.map((r) => r.start + Math.max(r.planned, r.actual)));
     const x = (t) => left + ((W - left - right) * t) / end;
@@ -503,18 +514,29 @@
       );
     }
     const cut = rows.filter((r) => r.actual < r.planned - 0.01).map((r) => r.start + r.actual);
-    if (item.now === null && cut.length) {
-      const at = x(Math.max(...cut));
-      svg.append(
-        h("svg:line", { x1: at, x2: at, y1: top, y2: axisY, class: "cut" }),
-        h("svg:text", { x: at + 3, y: top + 10, class: "cut-label" }, item.outcome)
-      );
+    if (item.now === null && item.outcome !== "completed") {
+      // Where it ended, in the outcome's words (a lost pour is counted in full: no cut to draw).
+      const at = cut.length ? x(Math.max(...cut)) : x(end);
+      if (cut.length) svg.append(h("svg:line", { x1: at, x2: at, y1: top, y2: axisY, class: "cut" }));
+      const leftOf = at > W * 0.6;
+      svg.append(h("svg:text", { x: leftOf ? at - 3 : at + 3, y: top - 4, class: `cut-label${leftOf ? " end" : ""}`,
+        "data-testid": "timeline-outcome" }, OUTCOME_WORDS[item.outcome] || item.outcome));
     }
     if (item.now !== null) {
       svg.append(h("svg:line", { x1: x(Math.min(item.now, end)), x2: x(Math.min(item.now, end)), y1: top, y2: axisY, class: "now" }));
     }
     return svg;
   }
+
+  /** The final status's and the history's outcome, as the timeline says it. */
+  const OUTCOME_WORDS = {
+    stopped: "stopped",
+    lost: "lost: counted in full",
+    "shut down": "shut down",
+    failed: "failed",
+    interrupted: "interrupted",
+    ended: "ended",
+  };
 
   function niceStep(end) {
     const raw = end / 5;
@@ -608,9 +630,9 @@
       select.replaceChildren(...pumps().map((_, pump) => h("option", { value: pump })));
     }
     [...select.options].forEach((option, pump) => (option.textContent = nameOf(pump)));
-    for (const id of ["cal-run1", "cal-run2"]) $(id).disabled = busy();
-    const p = pumps()[wizardPump()];
-    $("cal-reset").hidden = !(has("reset_calibration") && (ui.supported !== null || (p && p.points !== undefined)));
+    for (const id of ["cal-run1", "cal-run2"]) $(id).disabled = busy() || !has("calibrate");
+    for (const id of ["cal-save1", "cal-save2"]) $(id).disabled = !has("set_flow");
+    $("cal-reset").hidden = !has("reset_calibration");
     renderFit();
   }
 
@@ -622,7 +644,7 @@
     if (run === 2 && first && Math.abs(first.seconds - seconds) < 1e-6) {
       return wizardNote(`the second run must be longer or shorter than the first (${fmt(first.seconds, 2)} s): that is what separates flow from start-up time`);
     }
-    ui.wizard.running = { pump, run, seconds };
+    ui.wizard.running = { pump, run, seconds, simBefore: pumps()[pump].sim_poured_ml };
     wizardNote(`${nameOf(pump)} runs ${fmt(seconds, 2)} s…`);
     pour("calibrate", { pump, seconds }, { [pump]: seconds }, wizardFailed);
   }
@@ -632,13 +654,16 @@
     wizardNote(msg);
   }
 
-  /** A calibration run ended: the server's calibration_seconds is how long it really ran. */
+  /** A calibration run ended: the server's calibration_seconds is how long it really ran. With
+   * simulated pumps the server also tells what the run really poured (sim_poured_ml). */
   function wizardRan() {
-    const { pump, run, seconds } = ui.wizard.running;
+    const { pump, run, seconds, simBefore } = ui.wizard.running;
     ui.wizard.running = null;
-    const ran = pumps()[pump].calibration_seconds;
-    ui.wizard.ran = { pump, run, seconds: ran === null || ran === undefined ? seconds : ran };
-    wizardNote(`${nameOf(pump)} ran ${fmt(ui.wizard.ran.seconds, 2)} s: measure the jug and enter the millilitres, then Save.`);
+    const p = pumps()[pump];
+    const ran = p.calibration_seconds;
+    ui.wizard.ran = { pump, run, seconds: ran === null ? seconds : ran };
+    const sim = p.sim_poured_ml !== undefined && simBefore !== undefined ? ` (simulated pumps: ${fmt(p.sim_poured_ml - simBefore)} ml came out)` : "";
+    wizardNote(`${nameOf(pump)} ran ${fmt(ui.wizard.ran.seconds, 2)} s: measure the jug and enter the millilitres, then Save.${sim}`);
     $(`cal-ml${run}`).focus();
   }
 
@@ -650,49 +675,34 @@
     if (!(ml > 0)) return wizardNote("enter the millilitres that came out, more than 0");
     const runs = (ui.wizard.runs[pump] = ui.wizard.runs[pump] || []);
     runs[run - 1] = { seconds: ran.seconds, ml };
-    send("set_flow", { pump, ml }, (msg) => wizardNote(msg));
-    wizardNote(run === 1 ? "Saved. Now a second run of another length." : "Saved: the fit is below.");
-    renderFit();
+    wizardNote("Saving…");
+    send("set_flow", { pump, ml }, (msg) => wizardNote(msg), () =>
+      wizardNote(run === 1 ? "Saved. Now a second run of another length." : "Saved: the fit is below."));
   }
 
-  /** Least squares ml = flow * (t - dead_s) through the points; null with fewer than 2 lengths. */
-  function fit(points) {
-    const n = points.length;
-    if (n < 2) return null;
-    const mt = points.reduce((a, p) => a + p.seconds, 0) / n;
-    const mm = points.reduce((a, p) => a + p.ml, 0) / n;
-    const stt = points.reduce((a, p) => a + (p.seconds - mt) ** 2, 0);
-    if (stt < 1e-12) return null;
-    const flow = points.reduce((a, p) => a + (p.seconds - mt) * (p.ml - mm), 0) / stt;
-    if (!(flow > 0)) return null;
-    return { flow, dead: mt - mm / flow };
-  }
-
-  function serverPoints(p) {
-    if (!p || !Array.isArray(p.points)) return null;
-    return p.points
-      .map((q) => (Array.isArray(q) ? { seconds: q[0], ml: q[1] } : { seconds: q.seconds, ml: q.ml }))
-      .filter((q) => q.seconds > 0 && q.ml > 0);
-  }
-
+  /** The pump's law as the server fitted it to its points, each point with its residual. */
   function renderFit() {
     const pump = wizardPump();
     const p = pumps()[pump];
     const box = $("cal-fit");
     if (!p) return box.replaceChildren();
-    const points = serverPoints(p) || (ui.wizard.runs[pump] || []).filter(Boolean);
-    const line = fit(points);
-    const facts = [
-      h("p", {}, `${nameOf(pump)} pours with flow `, h("strong", { "data-testid": "cal-server-flow" }, `${fmt(p.flow_ml_s)} ml/s`),
-        p.dead_s !== undefined && p.dead_s !== null ? ` and start-up ${fmt(p.dead_s, 2)} s` : " (this barmaid uses the last run only: ml / s)"),
-    ];
-    if (line) {
-      facts.push(h("p", { "data-testid": "cal-line" }, `Fit of ${points.length} runs: `,
-        h("strong", {}, `${fmt(line.flow)} ml/s`), `, start-up ${fmt(line.dead, 2)} s before liquid comes out.`));
-    } else if (points.length) {
-      facts.push(h("p", {}, "One run so far: a second run of another length separates flow from start-up time."));
+    const points = p.points;
+    if (!points.length) {
+      return box.replaceChildren(h("p", {}, `${nameOf(pump)} pours with the config's flow, `,
+        h("strong", {}, `${fmt(p.flow_ml_s)} ml/s`), ", and no start-up time: not calibrated yet."));
     }
-    box.replaceChildren(...facts, points.length ? drawFit(points, line) : "");
+    const lengths = new Set(points.map((q) => q.seconds)).size;
+    box.replaceChildren(
+      h("p", { "data-testid": "cal-line" }, `${nameOf(pump)}: fit of ${points.length} run${points.length > 1 ? "s" : ""}: `,
+        h("strong", {}, `${fmt(p.flow_ml_s)} ml/s`), `, start-up ${fmt(p.dead_s, 2)} s before liquid comes out.`,
+        lengths < 2 ? " A second run of another length separates flow from start-up time." : ""),
+      h("table", { class: "points", "data-testid": "cal-points" },
+        h("thead", {}, h("tr", {}, h("th", {}, "run"), h("th", {}, "seconds"), h("th", {}, "ml"), h("th", {}, "residual ml"))),
+        h("tbody", {}, points.map((q, i) =>
+          h("tr", { "data-testid": "cal-point" }, h("td", {}, String(i + 1)), h("td", {}, fmt(q.seconds, 2)), h("td", {}, fmt(q.ml)),
+            h("td", { class: Math.abs(q.residual_ml) > 1 ? "far" : "" }, `${q.residual_ml >= 0 ? "+" : ""}${fmt(q.residual_ml, 2)}`))))),
+      drawFit(points, { flow: p.flow_ml_s, dead: p.dead_s })
+    );
   }
 
   function drawFit(points, line) {
@@ -706,12 +716,10 @@
       h("svg:line", { x1: pad, x2: W - 8, y1: H - pad, y2: H - pad, class: "axis" }),
       h("svg:line", { x1: pad, x2: pad, y1: 8, y2: H - pad, class: "axis" }),
       h("svg:text", { x: W - 8, y: H - 8, class: "tick end" }, `${fmt(maxT, 1)} s`),
-      h("svg:text", { x: 4, y: 16, class: "tick" }, `${fmt(maxM, 0)} ml`)
+      h("svg:text", { x: pad + 4, y: 16, class: "tick" }, `${fmt(maxM, 0)} ml`)
     );
-    if (line) {
-      const t0 = Math.max(0, line.dead);
-      svg.append(h("svg:line", { x1: x(t0), y1: y(line.flow * (t0 - line.dead)), x2: x(maxT), y2: y(line.flow * (maxT - line.dead)), class: "fitline" }));
-    }
+    const t0 = Math.max(0, line.dead);
+    svg.append(h("svg:line", { x1: x(t0), y1: y(line.flow * (t0 - line.dead)), x2: x(maxT), y2: y(line.flow * (maxT - line.dead)), class: "fitline" }));
     for (const q of points) svg.append(h("svg:circle", { cx: x(q.seconds), cy: y(q.ml), r: 5, class: "point" }));
     return svg;
   }
@@ -724,8 +732,8 @@
   $("cal-reset").addEventListener("click", () => {
     const pump = wizardPump();
     delete ui.wizard.runs[pump];
-    send("reset_calibration", { pump });
-    wizardNote(`${nameOf(pump)}'s calibration is forgotten: it pours with the config's flow again.`);
+    send("reset_calibration", { pump }, (msg) => wizardNote(msg), () =>
+      wizardNote(`${nameOf(pump)}'s calibration is forgotten: it pours with the config's flow again.`));
   });
 
   // ---- token, stop, tabs, messages ---------------------------------------------------------
@@ -750,6 +758,7 @@
     tab.addEventListener("click", () => {
       for (const other of document.querySelectorAll(".tab")) other.setAttribute("aria-selected", String(other === tab));
       for (const page of document.querySelectorAll(".page")) page.hidden = page.id !== `tab-${tab.dataset.tab}`;
+      if (tab.dataset.tab === "timeline") renderTimelines(); // at the width it has now
     });
   }
 
