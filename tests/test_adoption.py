@@ -1,0 +1,129 @@
+"""A barmaid that restarts mid-pour adopts the pour its daemon still plays, end to end: a real
+`barmaid serve` process is SIGKILLed mid-blend and a new one, on the same data directory and
+fake daemon (pigpiod or rgpiod, in this process), takes the pour over without cutting it.
+
+Also the daemon lost right after the pour was sent: counted as the most it can have poured.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from barmaid.config import DEFAULT_GPIOS
+from conftest import Peer, is_final_status, status_times
+from fake_pigpiod import FakePigpiod
+from fake_rgpiod import FakeRgpiod
+from support.daemons import barmaid_process, blend, daemon_config
+
+#: ml per pump at FLOW ml/s: a pour long enough to outlive a restart of barmaid.
+FLOW = 100.0
+ML = 250.0
+SECONDS = ML / FLOW
+CAPACITY = 1000.0
+#: How far a pump's on-time on the daemon may be from the plan (the restart must not cut it).
+TOLERANCE = 0.1
+
+
+@pytest.fixture(params=["pigpio", "rgpio"])
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def daemon(kind):
+    with (FakePigpiod() if kind == "pigpio" else FakeRgpiod()) as fake:
+        yield fake
+
+
+def line(kind: str, pump: int) -> int:
+    """What the fake daemon's timeline calls pump `pump`'s pin (rgpiod: a line of the chip)."""
+    return DEFAULT_GPIOS[pump]
+
+
+@pytest.fixture
+def config_path(kind, daemon, write_config) -> Path:
+    config = daemon_config(write_config, kind, daemon.port, flow=FLOW).model_dump(mode="json")
+    for pump in config["pumps"]:
+        pump["capacity_ml"] = CAPACITY
+    return write_config(config, name="process.yaml")
+
+
+def port_of(config_path: Path) -> int:
+    import yaml
+
+    return yaml.safe_load(config_path.read_text())["server"]["port"]
+
+
+def request(client: Peer, message: dict[str, Any], answer: str) -> dict[str, Any]:
+    client.send(message)
+    return client.recv_until(lambda m: m["type"] in (answer, "error"))[-1]
+
+
+def levels(client: Peer) -> list[Any]:
+    return [p["level_ml"] for p in request(client, {"type": "state"}, "state")["data"]["pumps"][:2]]
+
+
+def history(client: Peer) -> list[dict[str, Any]]:
+    return request(client, {"type": "history"}, "history")["data"]["pours"]
+
+
+@contextmanager
+def killed_mid_blend(config_path: Path) -> Iterator[float]:
+    """A barmaid process tracks levels, starts a blend of ML from pumps 0 and 1 and is SIGKILLed
+    once it pours; yields when the pour started (no later than the real start)."""
+    with barmaid_process(config_path) as first:
+        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        for pump in (0, 1):
+            assert request(client, {"type": "set_level", "data": {"pump": pump, "ml": CAPACITY}}, "state")
+        before = time.monotonic()
+        client.send(blend(ML))
+        client.recv_until(lambda m: m["type"] == "status")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(5)
+        yield before
+
+
+def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_once(kind, daemon, config_path):
+    with killed_mid_blend(config_path) as started:
+        with barmaid_process(config_path):
+            restarted = time.monotonic()
+            assert daemon.wave_busy(), "the pour ended before barmaid restarted: make it longer"
+            client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+            client.send(blend(10))
+            messages = client.recv_until(lambda m: m["type"] == "error")
+            assert "Already blending ! Retry in" in messages[-1]["data"]["msg"]
+            messages += client.recv_until(is_final_status, timeout=SECONDS + 3)
+            times = status_times(messages)
+            assert times[-1] == 0 and times.count(0) == 1, times
+            assert times[0] <= SECONDS - (restarted - started) + 1, times
+            assert all(later <= earlier for earlier, later in zip(times, times[1:])), times
+            assert messages[-1]["data"].get("outcome") == "completed"
+            for pump in (0, 1):
+                assert daemon.on_durations(line(kind, pump)) == [pytest.approx(SECONDS, abs=TOLERANCE)]
+            pours = history(client)
+            assert [(p["action"], p["outcome"]) for p in pours] == [("blend", "completed")]
+            assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
+    with barmaid_process(config_path):  # and a second restart charges it no more
+        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
+        assert len(history(client)) == 1
+
+
+def test_a_pour_that_ended_before_the_restart_is_counted_to_its_end_never_more(kind, daemon, config_path):
+    with killed_mid_blend(config_path):
+        assert daemon.wait_for(lambda: not daemon.wave_busy(), SECONDS + 3)
+    with barmaid_process(config_path):
+        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        (pour,) = history(client)
+        assert pour["outcome"] == "interrupted"
+        assert all(ml == pytest.approx(ML) for ml in pour["poured_ml"].values()), pour
+        assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
+        for pump in (0, 1):
+            assert daemon.on_durations(line(kind, pump)) == [pytest.approx(SECONDS, abs=TOLERANCE)]
