@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
+import barmaid.drivers.daemon as daemon_driver
+from barmaid.drivers import make_driver
+from barmaid.server import BarmaidServer
+from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
 from barmaid.config import DEFAULT_GPIOS
 from conftest import Peer, is_final_status, status_times
+from barmaid.config import load_config
 from fake_pigpiod import FakePigpiod
-from fake_rgpiod import FakeRgpiod
+from fake_rgpiod import GWAVE, FakeRgpiod
 from support.daemons import barmaid_process, blend, daemon_config
 
 #: ml per pump at FLOW ml/s: a pour long enough to outlive a restart of barmaid.
@@ -56,8 +62,6 @@ def config_path(kind, daemon, write_config) -> Path:
 
 
 def port_of(config_path: Path) -> int:
-    import yaml
-
     return yaml.safe_load(config_path.read_text())["server"]["port"]
 
 
@@ -127,3 +131,32 @@ def test_a_pour_that_ended_before_the_restart_is_counted_to_its_end_never_more(k
         assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
         for pump in (0, 1):
             assert daemon.on_durations(line(kind, pump)) == [pytest.approx(SECONDS, abs=TOLERANCE)]
+
+
+#: The command that sends a pour to each daemon: pigpio's wave_send_once, rgpio's tx_wave.
+SEND = {"pigpio": 51, "rgpio": GWAVE}
+
+
+@pytest.mark.parametrize("fault", ["hang", "drop"])
+def test_a_daemon_lost_right_after_the_send_counts_the_pour_in_full_in_plain_words(
+    kind, daemon, config_path, fault, monkeypatch
+):
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.3)
+    config = load_config(config_path)
+    server = BarmaidServer(config, make_driver(config))
+    server.start()
+    try:
+        client = Peer(f"ws://127.0.0.1:{server.port}/")
+        assert request(client, {"type": "set_level", "data": {"pump": 0, "ml": CAPACITY}}, "state")
+        (daemon.hang_at if fault == "hang" else daemon.drop_at)(SEND[kind])
+        client.send(blend(20, pumps=(0,)))
+        error = client.recv_until(lambda m: m["type"] == "error")[-1]["data"]["msg"]
+        daemon.resume()
+        assert "lost" in error and "counted as poured in full" in error, error
+        for raw in ("unpack", "buffer", "timed out", "Errno", "struct"):
+            assert raw not in error, error
+        (pour,) = history(client)
+        assert pour["outcome"] == "lost" and pour["poured_ml"] == {"0": pytest.approx(20)}, pour
+        assert levels(client)[0] == pytest.approx(CAPACITY - 20)
+    finally:
+        server.close()
