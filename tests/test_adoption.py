@@ -24,6 +24,7 @@ from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
 from barmaid.config import DEFAULT_GPIOS
 from conftest import Peer, is_final_status, status_times
 from barmaid.config import load_config
+from barmaid.errors import PumpsUnavailable
 from fake_pigpiod import FakePigpiod
 from fake_rgpiod import GWAVE, FakeRgpiod
 from support.daemons import barmaid_process, blend, daemon_config
@@ -135,6 +136,26 @@ def test_a_pour_that_ended_before_the_restart_is_counted_to_its_end_never_more(k
 
 #: The command that sends a pour to each daemon: pigpio's wave_send_once, rgpio's tx_wave.
 SEND = {"pigpio": 51, "rgpio": GWAVE}
+
+
+@pytest.mark.parametrize("fault", ["hang", "drop"])
+def test_the_driver_says_a_pour_lost_after_its_send_may_have_started_in_plain_words(
+    kind, daemon, config_path, fault, monkeypatch
+):
+    monkeypatch.setattr(daemon_driver, "COMMAND_TIMEOUT", 0.3)
+    driver = make_driver(load_config(config_path))
+    try:
+        (daemon.hang_at if fault == "hang" else daemon.drop_at)(SEND[kind])
+        with pytest.raises(PumpsUnavailable) as lost:
+            driver.pour({0: 0.2})
+        daemon.resume()
+        assert lost.value.maybe_started
+        message = str(lost.value)
+        assert ("no answer within 0.3 s" if fault == "hang" else "closed the connection") in message, message
+        for raw in ("unpack", "buffer", "timed out", "Errno", "struct"):
+            assert raw not in message, message
+    finally:
+        driver.close()
 
 
 @pytest.mark.parametrize("fault", ["hang", "drop"])
