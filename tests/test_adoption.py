@@ -115,10 +115,13 @@ def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_o
             pours = history(client)
             assert [(p["action"], p["outcome"]) for p in pours] == [("blend", "completed")]
             assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
-    with barmaid_process(config_path):  # and a second restart charges it no more
+            client.send(blend(10))  # once the adopted pour has ended, the pumps are ours again
+            assert client.recv_until(is_final_status)[-1]["data"].get("outcome") == "completed"
+            assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
+    with barmaid_process(config_path):  # and a second restart charges nothing again
         client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
-        assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
-        assert len(history(client)) == 1
+        assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
+        assert [p["outcome"] for p in history(client)] == ["completed", "completed"]
 
 
 def test_a_pour_that_ended_before_the_restart_is_counted_to_its_end_never_more(kind, daemon, config_path):
