@@ -7,8 +7,6 @@ Also the daemon lost right after the pour was sent: counted as the most it can h
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,16 +16,15 @@ import pytest
 import yaml
 
 import barmaid.drivers.daemon as daemon_driver
+from barmaid.config import DEFAULT_GPIOS, load_config
 from barmaid.drivers import make_driver
-from barmaid.server import BarmaidServer
-from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
-from barmaid.config import DEFAULT_GPIOS
-from conftest import Peer, is_final_status, status_times
-from barmaid.config import load_config
 from barmaid.errors import PumpsUnavailable
+from barmaid.server import BarmaidServer
+from conftest import Peer, is_final_status, status_times
 from fake_pigpiod import FakePigpiod
 from fake_rgpiod import GWAVE, FakeRgpiod
-from support.daemons import barmaid_process, blend, daemon_config
+from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
+from support.daemons import barmaid_process, blend, daemon_config, sigkill_mid_pour
 
 #: ml per pump at FLOW ml/s: a pour long enough to outlive a restart of barmaid.
 FLOW = 100.0
@@ -47,11 +44,6 @@ def kind(request) -> str:
 def daemon(kind):
     with (FakePigpiod() if kind == "pigpio" else FakeRgpiod()) as fake:
         yield fake
-
-
-def line(kind: str, pump: int) -> int:
-    """What the fake daemon's timeline calls pump `pump`'s pin (rgpiod: a line of the chip)."""
-    return DEFAULT_GPIOS[pump]
 
 
 @pytest.fixture
@@ -80,18 +72,15 @@ def history(client: Peer) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def killed_mid_blend(config_path: Path) -> Iterator[float]:
-    """A barmaid process tracks levels, starts a blend of ML from pumps 0 and 1 and is SIGKILLed
+def killed_mid_blend(config_path: Path, ml: float = ML) -> Iterator[float]:
+    """A barmaid process tracks levels, starts a blend of `ml` from pumps 0 and 1 and is SIGKILLed
     once it pours; yields when the pour started (no later than the real start)."""
     with barmaid_process(config_path) as first:
         client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
         for pump in (0, 1):
             assert request(client, {"type": "set_level", "data": {"pump": pump, "ml": CAPACITY}}, "state")
         before = time.monotonic()
-        client.send(blend(ML))
-        client.recv_until(lambda m: m["type"] == "status")
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(5)
+        sigkill_mid_pour(first, port_of(config_path), ml)
         yield before
 
 
@@ -111,7 +100,7 @@ def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_o
             assert all(later <= earlier for earlier, later in zip(times, times[1:])), times
             assert messages[-1]["data"].get("outcome") == "completed"
             for pump in (0, 1):
-                assert daemon.on_durations(line(kind, pump)) == [pytest.approx(SECONDS, abs=TOLERANCE)]
+                assert daemon.on_durations(DEFAULT_GPIOS[pump]) == [pytest.approx(SECONDS, abs=TOLERANCE)]
             pours = history(client)
             assert [(p["action"], p["outcome"]) for p in pours] == [("blend", "completed")]
             assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
@@ -125,16 +114,17 @@ def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_o
 
 
 def test_a_pour_that_ended_before_the_restart_is_counted_to_its_end_never_more(kind, daemon, config_path):
-    with killed_mid_blend(config_path):
-        assert daemon.wait_for(lambda: not daemon.wave_busy(), SECONDS + 3)
+    short = 30.0  # 0.3 s: over before the next barmaid is up
+    with killed_mid_blend(config_path, short):
+        assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
     with barmaid_process(config_path):
         client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
         (pour,) = history(client)
         assert pour["outcome"] == "interrupted"
-        assert all(ml == pytest.approx(ML) for ml in pour["poured_ml"].values()), pour
-        assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
+        assert all(ml == pytest.approx(short) for ml in pour["poured_ml"].values()), pour
+        assert levels(client) == [pytest.approx(CAPACITY - short)] * 2
         for pump in (0, 1):
-            assert daemon.on_durations(line(kind, pump)) == [pytest.approx(SECONDS, abs=TOLERANCE)]
+            assert daemon.on_durations(DEFAULT_GPIOS[pump]) == [pytest.approx(short / FLOW, abs=TOLERANCE)]
 
 
 #: The command that sends a pour to each daemon: pigpio's wave_send_once, rgpio's tx_wave.
