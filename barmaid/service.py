@@ -17,7 +17,10 @@ Two files, so that no pump can stay on whichever process dies:
 
 barmaid itself only talks TCP to the daemon and writes its data directory, so its unit is
 sandboxed (no devices, no capabilities, read-only system); `systemd-analyze security` rates it
-well under 2.5. systemd documents every directive used here in systemd.exec(5), systemd.service(5)
+well under 2.5. It has no `ProcSubset=pid`: that hides /proc/sys, and with it
+/proc/sys/kernel/random/boot_id, which the store stamps each pour's monotonic start with; without
+it a restarted barmaid could never trust that start, so it would never adopt the pour a crash left
+playing in the daemon. /proc/sys stays read-only (ProtectKernelTunables). systemd documents every directive used here in systemd.exec(5), systemd.service(5)
 and systemd.unit(5).
 """
 
@@ -62,7 +65,6 @@ ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
 ProtectProc=invisible
-ProcSubset=pid
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
 RestrictNamespaces=yes
 RestrictRealtime=yes

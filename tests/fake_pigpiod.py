@@ -43,6 +43,9 @@ modes and levels persist (they live in the hardware); ``restart()`` is
 Faults, each armed once and consumed when it fires (``stop()`` disarms
 them): ``hang_after(cmd)`` executes and answers the next ``cmd``, then
 stops answering anything while keeping every socket open (as ``pause()``);
+``hang_at(cmd)`` executes the next ``cmd`` and answers neither it nor
+anything after it (until ``resume()``); ``drop_at(cmd)`` executes the next
+``cmd`` and closes its connection before the answer;
 ``drop_between(first, second)`` closes the connection, without executing
 it, when a ``second`` request follows a ``first`` on that connection;
 ``fail(cmd, code)`` answers the next ``cmd`` with an error code without
@@ -266,6 +269,8 @@ class _Faults:
     """Armed faults: each fires once. See the module docstring."""
 
     hang_after: List[int] = field(default_factory=list)
+    hang_at: List[int] = field(default_factory=list)
+    drop_at: List[int] = field(default_factory=list)
     drop_between: List[Tuple[int, int]] = field(default_factory=list)
     fail: List[Tuple[int, int]] = field(default_factory=list)
 
@@ -467,6 +472,16 @@ class FakePigpiod:
         with self._lock:
             self._faults.hang_after.append(cmd)
 
+    def hang_at(self, cmd: int) -> None:
+        """Execute the next `cmd` but never answer it, nor anything after it (until resume)."""
+        with self._lock:
+            self._faults.hang_at.append(cmd)
+
+    def drop_at(self, cmd: int) -> None:
+        """Execute the next `cmd`, then close its connection before the answer."""
+        with self._lock:
+            self._faults.drop_at.append(cmd)
+
     def drop_between(self, first: int, second: int) -> None:
         """Close a connection, without executing it, when `second` follows `first` on it."""
         with self._lock:
@@ -657,6 +672,13 @@ class FakePigpiod:
                 res = self._failure(cmd)
                 if res is None:
                     res = self._execute(conn, cmd, p1, p2, ext)
+                if self._take(self._faults.drop_at, cmd):
+                    log.info("conn %d: dropping the connection before answering cmd %d", conn.id, cmd)
+                    break
+                if self._take(self._faults.hang_at, cmd):
+                    log.info("hanging at cmd %d, unanswered", cmd)
+                    self._hang.set()
+                    continue
                 conn.send(_REQ.pack(cmd, p1, p2, res & 0xFFFFFFFF))
                 conn.last_cmd = cmd
                 if self._take(self._faults.hang_after, cmd):

@@ -23,7 +23,7 @@ Why it exists: barmaid drives the pumps of a Pi 5 through the unmodified ``rgpio
 
 The board (levels, history) outlives the daemon, as the hardware does: ``kill()`` ends the daemon
 (every handle freed, shared or not, waves stopped, levels kept) and ``start()`` begins anew.
-Faults: ``hang_at``, ``drop_after``, ``fail_at`` (see there), ``pause``/``drop_connections``.
+Faults: ``hang_at``, ``drop_after``, ``drop_at``, ``fail_at`` (see there), ``pause``/``drop_connections``.
 Not modelled: inputs, alerts, PWM, I2C/SPI/serial, files, scripts, permits (-x): UNKNOWN_COMMAND.
 """
 
@@ -193,6 +193,11 @@ class FakeRgpiod:
         """The connection that sends the next `cmd` is closed right after its answer."""
         self._faults.append(("drop", cmd, 0))
 
+    def drop_at(self, cmd: int) -> None:
+        """The next `cmd` is executed, then its connection closed before the answer (a network
+        that drops between a command and its answer)."""
+        self._faults.append(("lost", cmd, 0))
+
     def fail_at(self, cmd: int, code: int) -> None:
         """The next `cmd` is answered with error `code`, not executed."""
         self._faults.append(("fail", cmd, code))
@@ -320,6 +325,8 @@ class FakeRgpiod:
                     self._resumed.clear()
                     self._resumed.wait()
                     continue
+                if fault and fault[0] == "lost":
+                    break
                 conn.sock.sendall(HEADER.pack(status & 0xFFFFFFFF, len(data), cmd, q, l, h) + data)
                 if fault and fault[0] == "drop":
                     break

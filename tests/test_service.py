@@ -17,10 +17,13 @@ import pytest
 from barmaid.cli import main
 from barmaid.config import Config, DriverConfig, load_config
 from barmaid.service import units
+from barmaid.store import BOOT_ID as BOOT_ID_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "scripts" / "systemd"
 EXAMPLE = ROOT / "docs" / "config.example.yaml"
+#: Where Linux keeps this boot's id.
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 #: Where the README installs barmaid and its config.
 PI_PYTHON, PI_CONFIG = "/opt/barmaid/.venv/bin/python", Path("/etc/barmaid/config.yaml")
 
@@ -96,6 +99,15 @@ def test_an_rgpio_config_gets_the_drop_in_on_rgpiod():
     made = by_name(config)
     assert "rgpiod.service.d/barmaid-pumps-off.conf" in made
     assert lines(made["barmaid.service"], "Wants") == ["rgpiod.service"]
+
+
+def test_the_barmaid_unit_lets_barmaid_read_the_boot_id_so_a_restart_can_adopt_a_pour():
+    """ProcSubset=pid hides /proc/sys, and with it the boot id a pour's start is stamped with."""
+    unit = by_name(pi_config())["barmaid.service"]
+    assert lines(unit, "ProcSubset") in ([], ["all"]), "ProcSubset=pid hides /proc/sys/kernel/random/boot_id"
+    hidden = " ".join(lines(unit, "InaccessiblePaths") + lines(unit, "TemporaryFileSystem"))
+    assert not any(BOOT_ID.startswith(path.lstrip("-")) for path in hidden.split()), hidden
+    assert str(BOOT_ID_PATH) == BOOT_ID
 
 
 def test_simulated_pumps_get_no_daemon_and_no_drop_in():

@@ -112,7 +112,9 @@ class Driver(ABC):
 
         Raises:
             PourRejected: the plan cannot be poured (see `check`); nothing moved.
-            PumpsUnavailable: the hardware cannot be reached; nothing moved.
+            PumpsUnavailable: the hardware cannot be reached; nothing moved, unless
+                `maybe_started`: the pour was sent, then the hardware was lost before it
+                confirmed it, so the pumps may run (at most to the plan's end).
         """
 
     @abstractmethod

@@ -70,6 +70,8 @@ def probe(host: str, port: int) -> None:
 
 def loss_reason(exc: BaseException) -> str:
     """Why the connection is gone, in words (the clients read nothing from a closed socket)."""
+    if isinstance(exc, socket.timeout):
+        return f"no answer within {COMMAND_TIMEOUT:g} s"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or exc.__class__.__name__
     if isinstance(exc, (struct.error, AttributeError)):
@@ -279,6 +281,15 @@ class DaemonDriver(Driver):
             " at once to switch every pump off" if self._lost_at is not None else "",
         )
         self._drop(f"connection lost: {reason}")
+
+    def _lost_sending(self, exc: BaseException, sent: bool = True) -> PumpsUnavailable:
+        """The connection went while a pour was being started: dropped (chased at heartbeat pace
+        when `sent`), and the error to raise, in words; `maybe_started` when the pour was sent."""
+        self._lose(exc, pump_may_be_on=sent)
+        return PumpsUnavailable(
+            f"lost {self.DAEMON} at {self.host}:{self.port} while starting the pour ({loss_reason(exc)})",
+            maybe_started=sent,
+        )
 
     def _drop(self, why: str, pump_may_be_on: bool = False) -> None:
         """Drops the connection (the supervisor connects again, which switches every pump off)."""

@@ -156,10 +156,7 @@ class PigpioDriver(DaemonDriver):
                 self._safe_off(pi)
                 raise PourRejected(f"the pigpio daemon cannot play this pour: {exc}") from None
             except LOST as exc:
-                self._lose(exc)
-                raise PumpsUnavailable(
-                    f"lost the pigpio daemon while starting the pour ({exc})", maybe_started=True
-                ) from None
+                raise self._lost_sending(exc, sent=self._ours) from None
             # Taken after the send: the wave started no later, so nothing ends it early.
             t0 = time.monotonic()
             self._playing = True

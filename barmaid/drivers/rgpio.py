@@ -223,11 +223,7 @@ class RgpioDriver(DaemonDriver):
                 self._off(session)
                 raise PourRejected(f"rgpiod cannot play this pour: {exc}") from None
             except LOST as exc:
-                self._lose(exc, pump_may_be_on=sent)
-                raise PumpsUnavailable(
-                    f"lost rgpiod at {self.host}:{self.port} while starting the pour ({self._why_not})",
-                    maybe_started=sent,
-                ) from None
+                raise self._lost_sending(exc, sent) from None
             # The wave starts at the daemon's next pass: report no earlier, so nothing ends it early.
             t0 = time.monotonic() + START_TICK
             self._until = t0 + max(span.stop for span in spans(plan).values())
