@@ -1,7 +1,8 @@
 """The controller: a `transitions` state machine (states.yaml) that guards the blocking actions.
 
 Events come from many connection threads; one lock serialises them, so of two blends sent at the
-same instant exactly one starts. A watcher thread per action sends status and ends it on time.
+same instant exactly one starts. The action clock (calls at given times on barmaid.clock, real or
+fake) sends each action's status and ends it on time.
 A stop switches the pumps off before it waits for that lock: it never queues behind store I/O.
 At start-up, pours a crash left unfinished are adopted (still playing) or counted (see _recover).
 """
@@ -21,6 +22,7 @@ import yaml
 from transitions import EventData, Machine, MachineError
 
 from .calibration import MAX_FLOW_ML_S, MIN_FLOW_ML_S, Law, Run, fit
+from .clock import Clock, RealClock
 from .config import Config
 from .drivers.base import Driver, Span, switches
 from .drivers.simulated import SimulatedDriver
@@ -146,6 +148,9 @@ class Action:
     done: threading.Event = field(default_factory=threading.Event)
     #: Each pump's start-up time: seconds on before it pours (missing: 0).
     dead_s: dict[int, float] = field(default_factory=dict)
+    #: The action clock's own: the pump switches still to log (time, pump, on), the next status.
+    to_log: list[tuple[float, int, bool]] = field(default_factory=list)
+    next_status: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -200,13 +205,14 @@ class Controller:
         store: Optional[Store] = None,
         publish: Callable[[str], None] = lambda frame: None,
         definition: Optional[dict[str, Any]] = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Optional[Clock] = None,
     ) -> None:
         """
         Args:
             broadcast: sends a frame to every client (status, errors about the hardware).
             store: where levels and calibrations persist; None keeps them in memory.
             publish: sends a `state` frame to the clients that asked for the state.
+            clock: what the action clock and every time taken here go by; the driver's must agree.
         """
         self.config = config
         self.driver = driver
@@ -230,7 +236,7 @@ class Controller:
         self.action: Optional[Action] = None
         self._broadcast = broadcast
         self._publish = publish
-        self._clock = clock
+        self._clock = clock or RealClock()
         self._lock = threading.RLock()
         self._handlers: dict[type[Request], Callable[[Any], Optional[Reply]]] = {
             Blend: self._pour,
@@ -304,7 +310,7 @@ class Controller:
         with self._lock:
             if self.action is None:
                 return 0
-            return max(0, math.ceil(self.action.end - self._clock()))
+            return max(0, math.ceil(self.action.end - self._clock.now()))
 
     def close(self) -> None:
         """Ends any action and releases the pumps: every pump off."""
@@ -352,7 +358,7 @@ class Controller:
             action = self.action
             if action is None:
                 return Stopped(msg="nothing was running")
-            after = self._clock() - action.t0
+            after = self._clock.now() - action.t0
             self.stop(outcome=Outcome.STOPPED)
         return Stopped(action=action.kind, after=round(after, 3), msg=f"stopped the {action.kind} after {after:.1f} s")
 
@@ -425,7 +431,7 @@ class Controller:
         if action.kind in (ActionKind.BLEND, ActionKind.PRIME):
             self._check_levels(action.ml)
         # StoreError: nothing moved. The time is taken before the pour: a restart counts no less.
-        action.pour_id = self.store.begin_pour(action.kind, action.ml, action.plan, self._clock())
+        action.pour_id = self.store.begin_pour(action.kind, action.ml, action.plan, self._clock.now())
         try:
             action.t0 = self.driver.pour(action.plan)
         except PumpsUnavailable as exc:
@@ -452,7 +458,11 @@ class Controller:
 
     def start_clock(self, event: EventData) -> None:
         action = self.action
-        threading.Thread(target=self._watch, args=(action,), name=f"barmaid-{action.kind}", daemon=True).start()
+        action.to_log = [(action.t0 + at, pump, on) for at, pump, on in switches(action.plan) if at > 0 or not on]
+        if action.adopted:  # what happened before this barmaid started was logged by the last one
+            action.to_log = [event for event in action.to_log if event[0] > self._clock.now()]
+        action.next_status = action.t0 + self.config.server.status_interval
+        self._wake_at(action, min(action.next_status, action.end, *(at for at, _, _ in action.to_log[:1])))
         self._send_status(action, self.remaining() if action.adopted else math.ceil(action.seconds))
 
     def end_action(self, event: EventData) -> None:
@@ -462,7 +472,7 @@ class Controller:
         action.done.set()
         self._halt(f"after the {action.kind}")
         outcome = event.kwargs.get("outcome", Outcome.COMPLETED)
-        ran = min(self._clock() - action.t0, action.seconds)
+        ran = min(self._clock.now() - action.t0, action.seconds)
         if outcome != Outcome.COMPLETED:
             for pump, span in sorted(action.plan.items()):
                 if span.start < ran < span.stop:
@@ -600,7 +610,7 @@ class Controller:
         to now (exact within one boot, in full when the time is unknown), never more than
         planned, and marked interrupted."""
         unfinished = self.store.unfinished()
-        now = self._clock()
+        now = self._clock.now()
         for record in unfinished:
             action = self._action_of(record)
             elapsed = record.elapsed(now, self.store.boot_id)
@@ -638,52 +648,52 @@ class Controller:
             ).frame()
         )
 
+    def _wake_at(self, action: Action, at: float) -> None:
+        self._clock.call_at(at, lambda: self._watch(action), name=f"barmaid-{action.kind}")
+
     def _watch(self, action: Action) -> None:
-        """Runs the action's clock; if it fails, the action ends at once rather than never."""
+        """One wake-up of the action's clock; if it fails, the action ends at once rather than never."""
         try:
-            self._tick(action)
+            wake = self._tick(action)
         except Exception:
             log.exception("the %s's clock failed; ending it now", action.kind)
             with self._lock:
                 if self.action is action:
                     self.abort(outcome=Outcome.FAILED)
+            return
+        if wake is not None:
+            self._wake_at(action, wake)
 
-    def _tick(self, action: Action) -> None:
-        """Logs each pump switch, sends status every status_interval, and ends the action."""
+    def _tick(self, action: Action) -> Optional[float]:
+        """Logs each pump switch due, sends status every status_interval, and ends the action at
+        its end; returns when to wake next, None once the action is over."""
+        if action.done.is_set():
+            return None
         interval = self.config.server.status_interval
-        events = [(action.t0 + at, pump, on) for at, pump, on in switches(action.plan) if at > 0 or not on]
-        if action.adopted:  # what happened before this barmaid started was logged by the last one
-            events = [event for event in events if event[0] > self._clock()]
-        next_tick = action.t0 + interval
-        while True:
-            now = self._clock()
-            while events and events[0][0] <= now:
-                at, pump, on = events.pop(0)
-                span = action.plan[pump]
-                if on:
-                    log.info("pump %d on for %.3f s (%s)", pump, span.seconds, action.kind)
-                else:
-                    log.info("pump %d off after %.3f s", pump, span.seconds)
-            if now >= action.end:
-                break
-            if now >= next_tick:
+        now = self._clock.now()
+        while action.to_log and action.to_log[0][0] <= now:
+            _, pump, on = action.to_log.pop(0)
+            span = action.plan[pump]
+            if on:
+                log.info("pump %d on for %.3f s (%s)", pump, span.seconds, action.kind)
+            else:
+                log.info("pump %d off after %.3f s", pump, span.seconds)
+        if now < action.end:
+            if now >= action.next_status:
                 with self._lock:
                     if self.action is not action:
-                        return
+                        return None
                     self._send_status(action, math.ceil(action.end - now))
-                while next_tick <= now:
-                    next_tick += interval
-            wake = min(next_tick, action.end, events[0][0] if events else math.inf)
-            if action.done.wait(max(0.0, wake - now)):
-                return
-        if action.adopted:  # its time is the crashed barmaid's guess: the hardware says when it ends
-            grace = action.end + ADOPT_GRACE_S
-            while self.driver.playing() and self._clock() < grace:
-                if action.done.wait(min(interval, 0.05)):
-                    return
+                while action.next_status <= now:
+                    action.next_status += interval
+            return min(action.next_status, action.end, *(at for at, _, _ in action.to_log[:1]))
+        # An adopted pour's time is the crashed barmaid's guess: the hardware says when it ends.
+        if action.adopted and self.driver.playing() and now < action.end + ADOPT_GRACE_S:
+            return now + min(interval, 0.05)
         with self._lock:
             if self.action is action:
                 self.finish(outcome=Outcome.COMPLETED)
+        return None
 
     def _driver_lost(self, reason: str) -> None:
         with self._lock:
