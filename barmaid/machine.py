@@ -56,6 +56,15 @@ from .store import PourRecord, PumpRecord, Store
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
+
+def _not_skipped_binding(record: logging.LogRecord) -> bool:
+    """transitions warns of each helper (may_*, is_*, trigger) that model_override leaves unbound:
+    here that is the point, so those warnings are dropped; every other one stays."""
+    return "Skip binding of" not in record.getMessage()
+
+
+logging.getLogger("transitions.core").addFilter(_not_skipped_binding)
+
 #: Triggers and states the code below fires or relies on; states.yaml must declare them.
 REQUIRED_TRIGGERS = ("blend", "refill", "prime", "calibrate", "clean", "adopt", "finish", "stop", "abort")
 #: How long an adopted pour may go on playing after its planned end before it is recorded anyway.
@@ -121,6 +130,8 @@ def load_definition(path: Optional[Path] = None, model: type = None) -> dict[str
             if state not in names and state != "*":
                 raise fail(f"{where}: unknown state {state!r}; states are {', '.join(names)}")
         triggers.add(transition["trigger"])
+        if not callable(getattr(model, transition["trigger"], None)):
+            raise fail(f"{where}: trigger {transition['trigger']!r} is not declared on {model.__name__}")
     for trigger in REQUIRED_TRIGGERS:
         if trigger not in triggers:
             raise fail(f"missing trigger {trigger!r}: barmaid fires it")
@@ -191,11 +202,39 @@ def schedule(seconds: dict[int, float], lanes: Optional[int]) -> dict[int, Span]
 class Controller:
     """The `transitions` model: turns validated requests into pours, one at a time.
 
-    Trigger methods (blend, refill, prime, calibrate, clean, adopt, finish, stop, abort) are added
-    by the machine from states.yaml; call `submit`, `snapshot`, `remaining` and `close` from outside.
+    The trigger methods below are declared so that type checkers see them; the machine replaces
+    each with its trigger from states.yaml (model_override, docs/dependencies.md "transitions").
+    Call `submit`, `snapshot`, `remaining` and `close` from outside.
     """
 
     state: str
+
+    def blend(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def refill(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def prime(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def calibrate(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def clean(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def adopt(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def finish(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def stop(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def abort(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
 
     def __init__(
         self,
@@ -256,7 +295,16 @@ class Controller:
             **(definition or load_definition()),
             auto_transitions=False,
             send_event=True,
+            model_override=True,
         )
+        #: The trigger that starts each kind of action.
+        self._starts: dict[str, Callable[..., bool]] = {
+            ActionKind.BLEND: self.blend,
+            ActionKind.REFILL: self.refill,
+            ActionKind.PRIME: self.prime,
+            ActionKind.CALIBRATE: self.calibrate,
+            ActionKind.CLEAN: self.clean,
+        }
         driver.on_lost = self._driver_lost
         self._recover()
 
@@ -332,12 +380,13 @@ class Controller:
         with self._lock:
             try:
                 action = Action(request.type, plan, ml, dead_s={p: laws[p].dead_s for p in seconds})
-                getattr(self, request.type)(action=action)
+                self._starts[request.type](action=action)
             except MachineError:
                 retry_in = self.remaining()
                 raise Busy(f"Already {self.state} ! Retry in {retry_in} sec", retry_in=retry_in) from None
             except BaseException:
-                # transitions keeps the new state when a callback fails after the change (T2).
+                # A callback that fails after the state change leaves the new state in place
+                # (docs/dependencies.md, "transitions").
                 if self.action is not None:
                     self.abort(outcome=Outcome.FAILED)
                 raise

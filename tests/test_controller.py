@@ -96,6 +96,11 @@ def test_real_states_yaml_loads_every_state_and_trigger():
         ),
         pytest.param(lambda s: s.update(initial="ready"), "initial state 'ready'", id="unknown-initial"),
         pytest.param(
+            lambda s: _transition(s, "finish").update(trigger="done"),
+            "trigger 'done' is not declared on Controller",
+            id="undeclared-trigger",
+        ),
+        pytest.param(
             lambda s: _transition(s, "finish").update(guard="is_done"),
             "unknown key 'guard'",
             id="unknown-transition-key",
