@@ -13,6 +13,7 @@ from typing import Callable, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 from . import panel
+from .clock import Clock
 from .config import Config
 from .drivers.base import Driver
 from .errors import BarmaidError, Busy, TokenRequired, error_code
@@ -50,13 +51,19 @@ class BarmaidServer:
     """barmaid on a port: a transport, a controller and the driver it owns."""
 
     def __init__(
-        self, config: Config, driver: Union[Driver, Callable[[], Driver]], store: Optional[Store] = None
+        self,
+        config: Config,
+        driver: Union[Driver, Callable[[], Driver]],
+        store: Optional[Store] = None,
+        clock: Optional[Clock] = None,
     ) -> None:
         """
         Args:
             driver: the pumps, or a function that makes them: it is called once the port is
                 bound, so a barmaid that cannot serve never reaches the pump daemon.
             store: levels, calibrations, history; by default barmaid.db in config.data_dir.
+            clock: what the controller times actions by (default: the real one); the driver's
+                must agree with it.
         """
         self.config = config
         self.limits = Limits.from_config(config)
@@ -89,6 +96,7 @@ class BarmaidServer:
                 self._broadcast,
                 store=store or Store(config.data_dir),
                 publish=self._publish_state,
+                clock=clock,
             )
         except BaseException:
             if made and isinstance(driver, Driver):
