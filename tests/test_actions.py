@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,7 +23,7 @@ from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.machine import schedule
 from barmaid.protocol import REPLIES, REQUESTS
 from barmaid.server import BarmaidServer
-from conftest import Peer, assert_countdown, close_quickly, eventually, fast_pumps, is_final_status, status_times
+from conftest import Peer, assert_countdown, close_quickly, fast_pumps, is_final_status, status_times
 
 #: What a GUI that speaks only the seed protocol may ever receive.
 SEED_TYPES = {"status", "echo", "error"}
@@ -204,26 +203,26 @@ def one_final_status(messages: list[dict[str, Any]]) -> None:
 
 
 def test_stop_mid_blend_switches_every_pump_off_and_tells_everyone(make_rig):
-    rig = make_rig()
+    rig = make_rig(clock=FakeClock())
     sender, other, follower, seed = rig.peer(), rig.peer(), rig.peer(), rig.seed_only()
     assert ask_state(follower)["state"] == "idle"
     sender.send({"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 0.3, "1": 0.3, "2": 0.4}}})
     sender.recv_until(is_type("status"))
-    assert eventually(lambda: all(rig.driver.is_on(p) for p in (0, 1, 2)), 1)
+    assert all(rig.driver.is_on(p) for p in (0, 1, 2))
 
-    sent = time.monotonic()
+    rig.clock.advance(0.25)
     sender.send({"type": "stop"})
     to_sender = sender.recv_until(is_type("stopped"))
 
     offs = [switch for switch in rig.driver.timeline if not switch.on]
     assert sorted(switch.pump for switch in offs) == [0, 1, 2]
-    assert sent <= max(switch.t for switch in offs) <= sent + 0.010, (sent, offs)
+    assert {switch.t for switch in offs} == {rig.clock.now()}, "a pump went off later than the stop"
     assert not any(rig.driver.is_on(p) for p in range(8))
     assert rig.controller.state == "idle"
 
     stopped = to_sender[-1]["data"]
     assert stopped["action"] == "blend" and "blend" in stopped["msg"]
-    assert 0 < stopped["after"] < 1.0
+    assert stopped["after"] == 0.25
     one_final_status(to_sender[:-1] + sender.echo())
     one_final_status(other.recv_until() + other.echo())
     seen_by_follower = follower.recv_until(is_state("idle"))
@@ -255,19 +254,20 @@ def test_stop_when_idle_replies_that_nothing_was_running_and_sends_no_status(mak
     ids=["refill", "calibrate", "clean"],
 )
 def test_stop_during_refill_calibrate_or_clean_ends_it_and_tells_everyone(make_rig, request_, state, pumps_moved):
-    rig = make_rig(pumps_with(p3={"prime_ml": 800.0}))  # refill of pump 3: 800 ml at 400 ml/s, 2 s
+    # refill of pump 3: 800 ml at 400 ml/s, 2 s
+    rig = make_rig(pumps_with(p3={"prime_ml": 800.0}), clock=FakeClock())
     sender, other, seed = rig.peer(), rig.peer(), rig.seed_only()
     sender.send(request_)
     first = sender.recv_until(is_type("status"))[-1]["data"]
     assert first["remaining_time"] == 2 and first["action"] == request_["type"]
     assert rig.controller.state == state
-    assert eventually(lambda: all(rig.driver.is_on(p) for p in pumps_moved), 1)
+    assert all(rig.driver.is_on(p) for p in pumps_moved)
 
-    sent = time.monotonic()
+    rig.clock.advance(0.5)
     sender.send({"type": "stop"})
     to_sender = sender.recv_until(is_type("stopped"))
     offs = [switch for switch in rig.driver.timeline if not switch.on]
-    assert all(sent <= switch.t <= sent + 0.010 for switch in offs), (sent, offs)
+    assert {switch.t for switch in offs} == {rig.clock.now()}, "a pump went off later than the stop"
     assert sorted(runs(rig.driver)) == pumps_moved
     assert to_sender[-1]["data"]["action"] == request_["type"]
     assert rig.controller.state == "idle"
