@@ -28,6 +28,7 @@ from .drivers.base import Driver, Span, switches
 from .drivers.simulated import SimulatedDriver
 from .errors import BadMessage, BottleTooLow, Busy, ConfigError, PumpsUnavailable, StoreError
 from .outcomes import ActionKind, Outcome
+from .planning import counted_seconds, planned_ml, poured, run_seconds, schedule
 from .protocol import (
     Blend,
     Calibrate,
@@ -172,31 +173,8 @@ class Action:
         return self.t0 + self.seconds
 
     def poured(self, elapsed: float) -> dict[int, float]:
-        """Millilitres each pump has poured `elapsed` seconds after the start: nothing during
-        its start-up time, then at its flow (the share of its run past the start-up time)."""
-        poured = {}
-        for pump, span in self.plan.items():
-            dead = self.dead_s.get(pump, 0.0)
-            on = min(max(elapsed - span.start, 0.0), span.seconds)
-            share = (on - dead) / (span.seconds - dead) if span.seconds > dead else 0.0
-            poured[pump] = round(self.ml[pump] * min(max(share, 0.0), 1.0), 3)
-        return poured
-
-
-def schedule(seconds: dict[int, float], lanes: Optional[int]) -> dict[int, Span]:
-    """Spans for pumps that run `seconds` each, at most `lanes` at once (None: all together).
-
-    Longest first, each into the lane that frees first: the whole pour is as short as greedy gets.
-    """
-    if lanes is None or lanes >= len(seconds):
-        return {pump: Span(0.0, s) for pump, s in seconds.items()}
-    free = [0.0] * lanes
-    plan = {}
-    for pump, s in sorted(seconds.items(), key=lambda item: (-item[1], item[0])):
-        lane = min(range(lanes), key=free.__getitem__)
-        plan[pump] = Span(free[lane], free[lane] + s)
-        free[lane] += s
-    return plan
+        """Millilitres each pump has poured `elapsed` seconds after the start (planning.poured)."""
+        return poured(self.plan, self.ml, self.dead_s, elapsed)
 
 
 class Controller:
@@ -327,20 +305,8 @@ class Controller:
         return self._handlers[type(request)](request)
 
     def plan(self, request: Request) -> dict[int, float]:
-        """Seconds each pump runs for a blend or refill (dead_s + volume / flow), calibrate or clean."""
-        laws = self.laws
-        if isinstance(request, Blend):
-            return {p: laws[p].seconds(request.cup_size * 1000 * r) for p, r in request.ratios.items()}
-        if isinstance(request, (Refill, Prime)):
-            prime = self.pumps[request.pump].prime_ml
-            if prime <= 0:
-                raise BadMessage(f"pump {request.pump} has prime_ml 0 in the config: nothing to {request.type}")
-            return {request.pump: laws[request.pump].seconds(prime)}
-        if isinstance(request, Calibrate):
-            return {request.pump: request.seconds}
-        if isinstance(request, Clean):
-            return {p: request.seconds for p in (request.pumps or range(len(self.pumps)))}
-        raise BadMessage(f"{request.type} does not move pumps")
+        """Seconds each pump runs for the request, by today's laws (planning.run_seconds)."""
+        return run_seconds(request, self.laws, [pump.prime_ml for pump in self.pumps])
 
     def snapshot(self) -> StateReply:
         with self._lock:
@@ -374,7 +340,7 @@ class Controller:
 
     def _pour(self, request: Request) -> None:
         seconds, laws = self.plan(request), self.laws
-        ml = {p: laws[p].ml(s) for p, s in seconds.items()}
+        ml = planned_ml(seconds, laws)
         plan = schedule(seconds, self.config.limits.max_parallel_pumps)
         self.driver.check(plan)
         with self._lock:
@@ -527,8 +493,7 @@ class Controller:
                 if span.start < ran < span.stop:
                     log.info("pump %d off after %.3f s (%s)", pump, ran - span.start, outcome)
         log.info("%s %s after %.3f s", action.kind, outcome, ran)
-        # A lost daemon may well finish the wave: count the pour in full, to be safe.
-        self._record(action, outcome, action.seconds if outcome == Outcome.LOST else ran)
+        self._record(action, outcome, counted_seconds(outcome, ran, action.seconds))
         self._send_status(action, 0, outcome)
 
     def publish_state(self, event: Optional[EventData] = None) -> None:

@@ -9,7 +9,6 @@ message types: the new protocol is for clients that asked for it.
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,9 +17,8 @@ import pytest
 
 from barmaid.clock import FakeClock
 from barmaid.config import load_config
-from barmaid.drivers.base import Span
 from barmaid.drivers.simulated import SimulatedDriver
-from barmaid.machine import schedule
+from barmaid.planning import schedule
 from barmaid.protocol import REPLIES, REQUESTS
 from barmaid.server import BarmaidServer
 from conftest import Peer, assert_countdown, close_quickly, fast_pumps, is_final_status, status_times
@@ -651,50 +649,6 @@ def test_blend_with_5_pumps_and_max_parallel_pumps_2_runs_in_groups_within_one_p
     pours = peer.recv_until(is_type("history"))[-1]["data"]["pours"]
     assert [(p["action"], p["outcome"]) for p in pours] == [("blend", "completed")]
     seed.assert_only_seed_types()
-
-
-def test_schedule_without_a_cap_starts_every_pump_at_once():
-    seconds = {0: 0.5, 3: 1.25, 7: 0.1}
-    expected = {0: Span(0.0, 0.5), 3: Span(0.0, 1.25), 7: Span(0.0, 0.1)}
-    assert schedule(seconds, None) == expected
-    assert schedule(seconds, 3) == expected
-    assert schedule(seconds, 8) == expected
-    assert schedule({}, 2) == {}
-
-
-def test_schedule_with_one_lane_runs_longest_first_one_after_another_ties_by_pump():
-    assert schedule({0: 1.0, 1: 2.0, 2: 1.0}, 1) == {1: Span(0.0, 2.0), 0: Span(2.0, 3.0), 2: Span(3.0, 4.0)}
-
-
-def test_schedule_with_two_lanes_fills_the_lane_that_frees_first():
-    assert schedule({0: 3.0, 1: 1.0, 2: 2.0, 3: 2.0}, 2) == {
-        0: Span(0.0, 3.0),
-        2: Span(0.0, 2.0),
-        3: Span(2.0, 4.0),
-        1: Span(3.0, 4.0),
-    }
-
-
-@pytest.mark.parametrize("lanes", [1, 2, 3, 5])
-def test_schedule_keeps_every_pumps_seconds_and_never_exceeds_the_lanes(lanes):
-    rng = random.Random(lanes)
-    for _ in range(200):
-        seconds = {p: round(rng.uniform(0.01, 5), 3) for p in rng.sample(range(8), rng.randint(1, 8))}
-        plan = schedule(seconds, lanes)
-        assert set(plan) == set(seconds)
-        for pump, span in plan.items():
-            assert span.start >= 0 and span.seconds == pytest.approx(seconds[pump])
-        edges = sorted([(s.start, 1) for s in plan.values()] + [(s.stop, -1) for s in plan.values()])
-        running = 0
-        for _, change in edges:  # at a tie, a stop (-1) sorts before a start
-            running += change
-            assert running <= lanes
-        whole = max(s.stop for s in plan.values())
-        # Greedy list scheduling is never worse than the mean load plus the longest job.
-        assert whole <= sum(seconds.values()) / lanes + max(seconds.values()) + 1e-9
-        if lanes >= len(seconds):
-            assert whole == max(seconds.values())
-
 
 # ---- 7. protocol reference ----------------------------------------------------------------
 
