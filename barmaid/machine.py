@@ -21,9 +21,9 @@ from typing import Any, Callable, Optional
 import yaml
 from transitions import EventData, Machine, MachineError
 
-from .calibration import MAX_FLOW_ML_S, MIN_FLOW_ML_S, Law, Run, fit
+from .calibration import MIN_FLOW_ML_S, Law, Run, fit
 from .clock import Clock, RealClock
-from .config import Config
+from .config import MAX_FLOW_ML_S, Config
 from .drivers.base import Driver, Span, switches
 from .drivers.simulated import SimulatedDriver
 from .errors import BadMessage, BottleTooLow, Busy, ConfigError, PumpsUnavailable, StoreError
@@ -85,7 +85,7 @@ def states_file() -> Path:
     return Path(__file__).resolve().parent.parent / "states.yaml"
 
 
-def load_definition(path: Optional[Path] = None, model: type = None) -> dict[str, Any]:
+def load_definition(path: Optional[Path] = None, model: Optional[type] = None) -> dict[str, Any]:
     """Reads states.yaml and checks it against the model class, so mistakes stop start-up.
 
     Raises:
@@ -358,10 +358,11 @@ class Controller:
                 raise
 
     def _check_levels(self, ml: dict[int, float]) -> None:
+        levels = {p: self.pumps[p].level_ml for p in ml}
         short = [
-            f"pump {p} needs {need:.1f} ml but has {self.pumps[p].level_ml:.1f} ml left"
+            f"pump {p} needs {need:.1f} ml but has {level:.1f} ml left"
             for p, need in sorted(ml.items())
-            if self.pumps[p].level_ml is not None and need > self.pumps[p].level_ml + 1e-6
+            if (level := levels[p]) is not None and need > level + 1e-6
         ]
         if short:
             raise BottleTooLow("; ".join(short) + ": change the bottle and send refill, or correct it with set_level")
@@ -466,13 +467,14 @@ class Controller:
         """Condition of `adopt`: the transition into the state the adopted action's own trigger
         leads to from idle (blend: blending), as states.yaml says."""
         starts = self.machine.get_transitions(trigger=event.kwargs["action"].kind, source="idle")
-        return any(start.dest == event.transition.dest for start in starts)
+        return event.transition is not None and any(start.dest == event.transition.dest for start in starts)
 
     def adopt_pour(self, event: EventData) -> None:
         self.action = event.kwargs["action"]
 
     def start_clock(self, event: EventData) -> None:
         action = self.action
+        assert action is not None, "start_clock runs after start_pour or adopt_pour set the action"
         action.to_log = [(action.t0 + at, pump, on) for at, pump, on in switches(action.plan) if at > 0 or not on]
         if action.adopted:  # what happened before this barmaid started was logged by the last one
             action.to_log = [event for event in action.to_log if event[0] > self._clock.now()]

@@ -86,10 +86,10 @@ class BarmaidServer:
         #: Clients that asked for the state once: they get it on every change.
         self._watchers: set[int] = set()
         self._watchers_lock = threading.Lock()
-        made = not isinstance(driver, Driver)
+        made: Optional[Driver] = None
         try:
-            if made:
-                driver = driver()
+            if not isinstance(driver, Driver):
+                driver = made = driver()
             self.controller = Controller(
                 config,
                 driver,
@@ -99,8 +99,8 @@ class BarmaidServer:
                 clock=clock,
             )
         except BaseException:
-            if made and isinstance(driver, Driver):
-                driver.close()
+            if made is not None:
+                made.close()
             self.transport.close()  # the port is bound already: free it
             raise
 
