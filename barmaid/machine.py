@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,18 +21,16 @@ from typing import Any, Callable, Optional
 import yaml
 from transitions import EventData, Machine, MachineError
 
-from .calibration import MIN_FLOW_ML_S, Law, Run, fit
 from .clock import Clock, RealClock
-from .config import MAX_FLOW_ML_S, Config
+from .config import Config
 from .drivers.base import Driver, Span, switches
 from .drivers.simulated import SimulatedDriver
-from .errors import BadMessage, BottleTooLow, Busy, ConfigError, PumpsUnavailable, StoreError
+from .errors import BadMessage, Busy, ConfigError, PumpsUnavailable
 from .outcomes import ActionKind, Outcome
 from .planning import counted_seconds, planned_ml, poured, run_seconds, schedule
 from .protocol import (
     Blend,
     Calibrate,
-    CalibrationPoint,
     Clean,
     History,
     HistoryReply,
@@ -52,7 +50,8 @@ from .protocol import (
     Stopped,
     error_frame,
 )
-from .store import PourRecord, PumpRecord, Store
+from .pumpbook import PumpBook
+from .store import PourRecord, Store
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -234,22 +233,7 @@ class Controller:
         self.config = config
         self.driver = driver
         self.store = store or Store(None)
-        saved = self.store.pumps()
-        #: pump -> its calibrate runs since its last reset, oldest first; the last is the one set_flow measures.
-        self._runs = self.store.calibration_runs()
-        self.pumps = []
-        for number, pump in enumerate(config.pumps):
-            record = saved.get(number, PumpRecord())
-            self.pumps.append(
-                PumpState(
-                    pump=number,
-                    name=pump.name,
-                    prime_ml=pump.prime_ml,
-                    level_ml=record.level_ml,
-                    capacity_ml=pump.capacity_ml,
-                    **self._loaded_calibration(number, record),  # a calibration wins over the config
-                )
-            )
+        self.book = PumpBook(config, self.store)
         self.action: Optional[Action] = None
         self._broadcast = broadcast
         self._publish = publish
@@ -287,9 +271,9 @@ class Controller:
         self._recover()
 
     @property
-    def laws(self) -> list[Law]:
-        """What each pump pours in t seconds: nothing for dead_s, then flow_ml_s."""
-        return [Law(pump.flow_ml_s, pump.dead_s) for pump in self.pumps]
+    def pumps(self) -> list[PumpState]:
+        """Each pump as the pump book knows it."""
+        return self.book.pumps
 
     # ---- from outside ---------------------------------------------------------------------
 
@@ -306,7 +290,7 @@ class Controller:
 
     def plan(self, request: Request) -> dict[int, float]:
         """Seconds each pump runs for the request, by today's laws (planning.run_seconds)."""
-        return run_seconds(request, self.laws, [pump.prime_ml for pump in self.pumps])
+        return run_seconds(request, self.book.laws, self.book.prime_ml)
 
     def snapshot(self) -> StateReply:
         with self._lock:
@@ -339,7 +323,7 @@ class Controller:
     # ---- request handlers -----------------------------------------------------------------
 
     def _pour(self, request: Request) -> None:
-        seconds, laws = self.plan(request), self.laws
+        seconds, laws = self.plan(request), self.book.laws
         ml = planned_ml(seconds, laws)
         plan = schedule(seconds, self.config.limits.max_parallel_pumps)
         self.driver.check(plan)
@@ -356,16 +340,6 @@ class Controller:
                 if self.action is not None:
                     self.abort(outcome=Outcome.FAILED)
                 raise
-
-    def _check_levels(self, ml: dict[int, float]) -> None:
-        levels = {p: self.pumps[p].level_ml for p in ml}
-        short = [
-            f"pump {p} needs {need:.1f} ml but has {level:.1f} ml left"
-            for p, need in sorted(ml.items())
-            if (level := levels[p]) is not None and need > level + 1e-6
-        ]
-        if short:
-            raise BottleTooLow("; ".join(short) + ": change the bottle and send refill, or correct it with set_level")
 
     def _stop(self, request: Stop) -> Stopped:
         # Pumps off first, outside the lock: another thread may hold it for seconds of store I/O.
@@ -385,59 +359,21 @@ class Controller:
         )
 
     def _set_level(self, request: SetLevel) -> None:
-        capacity = self.pumps[request.pump].capacity_ml
-        if capacity is not None and request.ml > capacity:
-            raise BadMessage(f"set_level: pump {request.pump}'s bottle holds {capacity:g} ml, less than {request.ml:g}")
-        self._update_pump(request.pump, level_ml=request.ml)
+        with self._lock:
+            self.book.set_level(request.pump, request.ml)
+            self.publish_state()
 
     def _set_flow(self, request: SetFlow) -> None:
-        """The ml the pump's last calibrate run poured: a point; its law is fitted again to all."""
         pump = request.pump
         with self._lock:
-            if self.action is not None and self.action.kind == "calibrate" and pump in self.action.plan:
+            if self.action is not None and self.action.kind == ActionKind.CALIBRATE and pump in self.action.plan:
                 raise BadMessage(f"set_flow: pump {pump} is still calibrating; send the ml it poured once it is done")
-            runs = self._runs.get(pump, [])
-            if not runs:
-                raise BadMessage(
-                    f"set_flow: pump {pump} has no calibration run; send calibrate first, then the ml it poured"
-                )
-            last = runs[-1]
-            if last.cut:
-                raise BadMessage(
-                    f"set_flow: pump {pump}'s last calibration was cut ({last.cut}) before its end, so how long it"
-                    " ran is not known; calibrate again, then send the ml it poured"
-                )
-            measured = replace(last, ml=request.ml)
-            try:
-                fields = self._fitted([*runs[:-1], measured])
-            except BadMessage as exc:
-                raise BadMessage(f"set_flow: pump {pump}: {exc}") from None
-            state, values = self.pumps[pump], {"flow_ml_s": fields["flow_ml_s"]}
-            if state.level_ml is not None:  # the run took charged_ml (or the last measure) off the level
-                level = state.level_ml + (last.charged_ml if last.ml is None else last.ml) - request.ml
-                values["level_ml"] = min(max(level, 0.0), state.capacity_ml or math.inf)
-            run_id = self.store.save_calibration_run(measured, **values)
-            self._runs[pump] = [*runs[:-1], replace(measured, id=run_id)]
-            self.pumps[pump] = state.model_copy(update={**fields, **values})
+            self.book.set_flow(pump, request.ml)
             self.publish_state()
-        log.info("pump %d: %g ml in %.3f s; flow %.3f ml/s, start-up time %.3f s from %d points", pump, request.ml,
-                 last.seconds, fields["flow_ml_s"], fields["dead_s"], len(fields["points"]))
 
     def _reset_calibration(self, request: ResetCalibration) -> None:
-        pump = request.pump
         with self._lock:
-            self.store.reset_calibration(pump)
-            self._runs[pump] = []
-            self.pumps[pump] = self.pumps[pump].model_copy(update=self._uncalibrated(pump))
-            self.publish_state()
-        log.info("pump %d: calibration reset; flow %g ml/s from the config", pump, self.pumps[pump].flow_ml_s)
-
-    def _update_pump(self, pump: int, **values: Optional[float]) -> None:
-        """Changes one pump's record (on disk first, so memory never holds what a restart loses)
-        and sends the new state to the clients that follow it."""
-        with self._lock:
-            self.store.set_pump(pump, **values)
-            self.pumps[pump] = self.pumps[pump].model_copy(update=values)
+            self.book.reset_calibration(request.pump)
             self.publish_state()
 
     # ---- callbacks named in states.yaml ---------------------------------------------------
@@ -445,7 +381,7 @@ class Controller:
     def start_pour(self, event: EventData) -> None:
         action: Action = event.kwargs["action"]
         if action.kind in (ActionKind.BLEND, ActionKind.PRIME):
-            self._check_levels(action.ml)
+            self.book.check_levels(action.ml)
         # StoreError: nothing moved. The time is taken before the pour: a restart counts no less.
         action.pour_id = self.store.begin_pour(action.kind, action.ml, action.plan, self._clock.now())
         try:
@@ -504,89 +440,18 @@ class Controller:
     # ---- inside ---------------------------------------------------------------------------
 
     def _record(self, action: Action, outcome: Outcome, ran: float) -> None:
-        """What the pour did to each pump (level, calibration), in memory and, with the outcome, on disk."""
+        """What the pour did to each pump (level, calibration), in the pump book and on disk."""
         poured = action.poured(ran)
-        updates: dict[int, dict[str, Optional[float]]] = {}
-        for pump, span in action.plan.items():
-            state, update = self.pumps[pump], {}
-            if action.kind == "refill":  # a new bottle, less what priming took from it
-                update["level_ml"] = None if state.capacity_ml is None else max(0.0, state.capacity_ml - poured[pump])
-            elif action.kind != "clean" and state.level_ml is not None:  # cleaning runs water
-                update["level_ml"] = max(0.0, state.level_ml - poured[pump])
-            if update:
-                updates[pump] = update
-                self.pumps[pump] = state.model_copy(update=update)
-        try:
-            self.store.end_pour(action.pour_id, outcome, poured, updates)
-        except StoreError as exc:
-            log.error("the %s ended (%s) but could not be recorded: %s", action.kind, outcome, exc)
-        if action.kind == "calibrate":
-            self._end_calibration(action, outcome, ran)
+        self.book.record_pour(action.kind, action.pour_id, outcome, poured)
+        if action.kind == ActionKind.CALIBRATE:
+            ((pump, span),) = action.plan.items()
+            self.book.record_calibration(pump, min(max(ran - span.start, 0.0), span.seconds), poured[pump], outcome)
 
     def _halt(self, why: str) -> None:
         try:
             self.driver.halt()
         except Exception:
             log.exception("could not halt the pumps %s", why)
-
-    # ---- calibration ----------------------------------------------------------------------
-
-    def _loaded_calibration(self, pump: int, record: PumpRecord) -> dict[str, Any]:
-        """PumpState fields of a pump's calibration at start-up: fitted to its stored points,
-        else its stored one-number flow (older barmaid), else the config's."""
-        runs = self._runs.get(pump, [])
-        last = {"calibration_seconds": runs[-1].seconds if runs and not runs[-1].cut else None}
-        if any(run.ml is not None for run in runs):
-            try:
-                return {**self._fitted(runs), **last}
-            except BadMessage as exc:
-                log.error("pump %d: its stored calibration runs fit no pump (%s); send reset_calibration", pump, exc)
-        flow = record.flow_ml_s
-        if flow is not None and MIN_FLOW_ML_S <= flow <= MAX_FLOW_ML_S:
-            return {**self._uncalibrated(pump), "flow_ml_s": flow, **last}
-        if flow is not None:
-            log.warning(
-                "pump %d: the stored flow %g ml/s is not plausible (%g to %g ml/s), so the config's %g ml/s is"
-                " used; calibrate it again", pump, flow, MIN_FLOW_ML_S, MAX_FLOW_ML_S, self.config.pumps[pump].flow_ml_s
-            )
-        return {**self._uncalibrated(pump), **last}
-
-    def _uncalibrated(self, pump: int) -> dict[str, Any]:
-        return {"flow_ml_s": self.config.pumps[pump].flow_ml_s, "dead_s": 0.0, "points": [], "calibration_seconds": None}
-
-    @staticmethod
-    def _fitted(runs: list[Run]) -> dict[str, Any]:
-        """PumpState fields of the law fitted to the measured runs, with each point's residual.
-
-        Raises:
-            BadMessage: the runs fit no plausible pump.
-        """
-        points = [run for run in runs if run.ml is not None]
-        result = fit(points)
-        return {
-            "flow_ml_s": result.law.flow_ml_s,
-            "dead_s": result.law.dead_s,
-            "points": [
-                CalibrationPoint(seconds=p.seconds, ml=p.ml, taken=p.taken, residual_ml=round(residual, 3))
-                for p, residual in zip(points, result.residuals_ml)
-            ],
-        }
-
-    def _end_calibration(self, action: Action, outcome: Outcome, ran: float) -> None:
-        """A calibrate run ended: it becomes its pump's last run, the one set_flow measures. Only
-        a completed or stopped run has a known length; any other was cut at a time not known."""
-        ((pump, span),) = action.plan.items()
-        cut = None if outcome in (Outcome.COMPLETED, Outcome.STOPPED) else Outcome(outcome).value
-        seconds = min(max(ran - span.start, 0.0), span.seconds)
-        run = Run(pump, seconds, time.time(), action.poured(ran)[pump], cut)
-        try:
-            run = replace(run, id=self.store.save_calibration_run(run))
-        except StoreError as exc:
-            log.error("the calibrate run of pump %d could not be stored (%s); it is kept until a restart", pump, exc)
-        self._runs[pump] = [*(r for r in self._runs.get(pump, []) if r.ml is not None), run]
-        self.pumps[pump] = self.pumps[pump].model_copy(update={"calibration_seconds": None if cut else seconds})
-        if cut:
-            log.warning("the calibrate run of pump %d was cut (%s): how long it ran is not known; calibrate again", pump, cut)
 
     def _pump_states(self) -> list[PumpState]:
         """The pumps as `state` shows them; with simulated pumps, what each really poured."""
@@ -596,11 +461,7 @@ class Controller:
         return [state.model_copy(update={"sim_poured_ml": ml}) for state, ml in zip(self.pumps, poured)]
 
     def _end_failed(self, action: Action) -> None:
-        """Records a pour that did not start: nothing poured, no level changed."""
-        try:
-            self.store.end_pour(action.pour_id, Outcome.FAILED, {}, {})
-        except StoreError as exc:
-            log.error("the %s that failed to start could not be recorded: %s", action.kind, exc)
+        self.book.record_failed(action.kind, action.pour_id)
 
     def _lost_at_start(self, action: Action, exc: PumpsUnavailable) -> None:
         """The daemon went away after the pour was sent: it may have run in full, so it is counted
