@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import yaml
 from transitions import EventData, Machine, MachineError
@@ -45,10 +45,8 @@ from .protocol import (
     SetLevel,
     State,
     StateReply,
-    Status,
     Stop,
     Stopped,
-    error_frame,
 )
 from .pumpbook import PumpBook
 from .store import PourRecord, Store
@@ -176,6 +174,30 @@ class Action:
         return poured(self.plan, self.ml, self.dead_s, elapsed)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """An action's countdown, for every client: at its start, every status_interval, and once at
+    its end, with its outcome."""
+
+    kind: str
+    remaining: int
+    #: Whole seconds the action lasts (rounded up).
+    initial: int
+    outcome: Optional[Outcome] = None
+
+
+@dataclass(frozen=True)
+class HardwareLost:
+    """The pump hardware went away while an action ran; the action ended (outcome lost)."""
+
+    kind: str
+    reason: str
+
+
+#: What the controller reports to every client; barmaid.server turns each into frames.
+Event = Union[Progress, HardwareLost]
+
+
 class Controller:
     """The `transitions` model: turns validated requests into pours, one at a time.
 
@@ -217,17 +239,17 @@ class Controller:
         self,
         config: Config,
         driver: Driver,
-        broadcast: Callable[[str], None],
+        broadcast: Callable[[Event], None],
         store: Optional[Store] = None,
-        publish: Callable[[str], None] = lambda frame: None,
+        publish: Callable[[StateReply], None] = lambda state: None,
         definition: Optional[dict[str, Any]] = None,
         clock: Optional[Clock] = None,
     ) -> None:
         """
         Args:
-            broadcast: sends a frame to every client (status, errors about the hardware).
+            broadcast: tells every client of an Event (an action's progress, the hardware lost).
             store: where levels and calibrations persist; None keeps them in memory.
-            publish: sends a `state` frame to the clients that asked for the state.
+            publish: gives the new state, after every change, to the clients that asked for it.
             clock: what the action clock and every time taken here go by; the driver's must agree.
         """
         self.config = config
@@ -435,7 +457,7 @@ class Controller:
         self._send_status(action, 0, outcome)
 
     def publish_state(self, event: Optional[EventData] = None) -> None:
-        self._publish(self.snapshot().frame())
+        self._publish(self.snapshot())
 
     # ---- inside ---------------------------------------------------------------------------
 
@@ -519,11 +541,7 @@ class Controller:
         return Action(record.action, plan, {p: ml[p] for p in plan}, pour_id=record.id)
 
     def _send_status(self, action: Action, remaining: int, outcome: Optional[Outcome] = None) -> None:
-        self._broadcast(
-            Status(
-                remaining_time=remaining, action=action.kind, initial_time=math.ceil(action.seconds), outcome=outcome
-            ).frame()
-        )
+        self._broadcast(Progress(action.kind, remaining, math.ceil(action.seconds), outcome))
 
     def _wake_at(self, action: Action, at: float) -> None:
         self._clock.call_at(at, lambda: self._watch(action), name=f"barmaid-{action.kind}")
@@ -576,5 +594,5 @@ class Controller:
         with self._lock:
             if self.action is None:
                 return
-            self._broadcast(error_frame(f"pump hardware lost: {reason}; the {self.action.kind} was stopped"))
+            self._broadcast(HardwareLost(self.action.kind, reason))
             self.abort(outcome=Outcome.LOST)

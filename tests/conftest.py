@@ -22,9 +22,9 @@ from websocket_server import WebsocketServer
 from barmaid.clock import Clock
 from barmaid.config import DEFAULT_GPIOS, Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
-from barmaid.machine import Controller
+from barmaid.machine import Controller, Event
 from barmaid.protocol import schema
-from barmaid.server import BarmaidServer
+from barmaid.server import BarmaidServer, event_frames
 
 #: Longest wait for one expected message; a healthy server answers in milliseconds.
 RECV_TIMEOUT = 3.0
@@ -114,13 +114,15 @@ def fast_config(write_config: Callable[..., Path]) -> Config:
 
 
 class Broadcasts:
-    """The controller's broadcast callback: keeps every message and lets a test wait for one."""
+    """The controller's broadcast callback: keeps every event as the frame a seed-only client gets,
+    and lets a test wait for one."""
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self._cond = threading.Condition()
 
-    def __call__(self, frame: str) -> None:
+    def __call__(self, event: Event) -> None:
+        frame = event_frames(event)[0]
         from_server(frame)
         with self._cond:
             self.messages.append(json.loads(frame))

@@ -230,6 +230,22 @@ def test_stop_mid_blend_switches_every_pump_off_and_tells_everyone(make_rig):
     seed.assert_only_seed_types()
 
 
+def test_hardware_lost_mid_pour_is_one_error_to_everyone_with_code_unavailable_for_the_extended(make_rig):
+    rig = make_rig(clock=FakeClock())
+    extended, seed = rig.peer(), rig.seed_only()
+    extended.send({"type": "hello"})
+    extended.recv_until(is_type("welcome"))
+    extended.send({"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 1}}})
+    extended.recv_until(is_type("status"))
+    rig.driver.on_lost("the daemon went away")  # what a daemon driver calls when its connection drops
+    errors = [m["data"] for m in extended.recv_until(is_final_status) if m["type"] == "error"]
+    assert errors == [{"msg": "pump hardware lost: the daemon went away; the blend was stopped", "code": "unavailable"}]
+    seen = [m for m in seed.drain() if m["type"] == "error"]
+    assert [m["data"] for m in seen] == [{"msg": "pump hardware lost: the daemon went away; the blend was stopped"}]
+    assert rig.controller.state == "idle" and not rig.driver.is_on(0)
+    seed.assert_only_seed_types()
+
+
 def test_stop_when_idle_replies_that_nothing_was_running_and_sends_no_status(make_rig):
     rig = make_rig()
     sender, other, seed = rig.peer(), rig.peer(), rig.seed_only()
