@@ -197,7 +197,7 @@ def one_final_status(messages: list[dict[str, Any]]) -> None:
     assert times.count(0) == 1 and times[-1] == 0, times
 
 
-# ---- 1. stop ------------------------------------------------------------------------------
+# ---- stop ---------------------------------------------------------------------------------------
 
 
 def test_stop_mid_blend_switches_every_pump_off_and_tells_everyone(make_rig):
@@ -291,7 +291,7 @@ def test_stop_during_refill_calibrate_or_clean_ends_it_and_tells_everyone(make_r
     seed.assert_only_seed_types()
 
 
-# ---- 2. live state ------------------------------------------------------------------------
+# ---- live state ---------------------------------------------------------------------------------
 
 
 def test_state_reply_has_the_machine_state_and_every_pump(make_rig):
@@ -347,7 +347,7 @@ def test_a_client_that_asked_for_the_state_gets_it_on_every_transition_and_other
     assert status_times(seed.seen) == status_times(seen_by_orderer)
 
 
-# ---- 3. bottle levels ---------------------------------------------------------------------
+# ---- bottle levels ------------------------------------------------------------------------------
 
 
 def test_refill_sets_the_level_to_capacity_less_what_priming_used(make_rig):
@@ -480,7 +480,7 @@ def test_cleaning_leaves_levels_unchanged(make_rig):
     seed.assert_only_seed_types()
 
 
-# ---- 4. calibration -----------------------------------------------------------------------
+# ---- calibration --------------------------------------------------------------------------------
 
 
 def test_calibrate_runs_one_pump_exactly_s_seconds_in_state_calibrating(make_rig):
@@ -586,7 +586,7 @@ def test_set_flow_after_a_stopped_calibration_divides_by_the_seconds_actually_ru
     assert state["pumps"][4]["flow_ml_s"] == pytest.approx(120.0)
 
 
-# ---- 5. cleaning and max_parallel_pumps ---------------------------------------------------
+# ---- cleaning and max_parallel_pumps ------------------------------------------------------------
 
 
 def test_clean_runs_each_listed_pump_for_its_seconds(make_rig):
@@ -666,7 +666,7 @@ def test_blend_with_5_pumps_and_max_parallel_pumps_2_runs_in_groups_within_one_p
     assert [(p["action"], p["outcome"]) for p in pours] == [("blend", "completed")]
     seed.assert_only_seed_types()
 
-# ---- 7. protocol reference ----------------------------------------------------------------
+# ---- protocol reference -------------------------------------------------------------------------
 
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
