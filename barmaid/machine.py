@@ -21,9 +21,10 @@ from typing import Any, Callable, Optional, Union
 import yaml
 from transitions import EventData, Machine, MachineError
 
+from .actionclock import ActionClock
 from .clock import Clock, RealClock
 from .config import Config
-from .drivers.base import Driver, Span, switches
+from .drivers.base import Driver, Span
 from .drivers.simulated import SimulatedDriver
 from .errors import BadMessage, Busy, ConfigError, PumpsUnavailable
 from .outcomes import ActionKind, Outcome
@@ -65,8 +66,6 @@ logging.getLogger("transitions.core").addFilter(_not_skipped_binding)
 
 #: Triggers and states the code below fires or relies on; states.yaml must declare them.
 REQUIRED_TRIGGERS = ("blend", "refill", "prime", "calibrate", "clean", "adopt", "finish", "stop", "abort")
-#: How long an adopted pour may go on playing after its planned end before it is recorded anyway.
-ADOPT_GRACE_S = 2.0
 REQUIRED_STATES = ("idle",)
 _STATE_KEYS = {"name", "on_enter", "on_exit"}
 _TRANSITION_KEYS = {"trigger", "source", "dest", "before", "after", "prepare", "conditions", "unless"}
@@ -157,9 +156,6 @@ class Action:
     done: threading.Event = field(default_factory=threading.Event)
     #: Each pump's start-up time: seconds on before it pours (missing: 0).
     dead_s: dict[int, float] = field(default_factory=dict)
-    #: The action clock's own: the pump switches still to log (time, pump, on), the next status.
-    to_log: list[tuple[float, int, bool]] = field(default_factory=list)
-    next_status: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -433,11 +429,18 @@ class Controller:
     def start_clock(self, event: EventData) -> None:
         action = self.action
         assert action is not None, "start_clock runs after start_pour or adopt_pour set the action"
-        action.to_log = [(action.t0 + at, pump, on) for at, pump, on in switches(action.plan) if at > 0 or not on]
-        if action.adopted:  # what happened before this barmaid started was logged by the last one
-            action.to_log = [event for event in action.to_log if event[0] > self._clock.now()]
-        action.next_status = action.t0 + self.config.server.status_interval
-        self._wake_at(action, min(action.next_status, action.end, *(at for at, _, _ in action.to_log[:1])))
+        ActionClock(
+            self._clock,
+            self.config.server.status_interval,
+            action.kind,
+            action.plan,
+            action.t0,
+            action.done,
+            status=lambda remaining: self._status_if_current(action, remaining),
+            end=lambda: self._end_if_current(action, Outcome.COMPLETED),
+            fail=lambda: self._end_if_current(action, Outcome.FAILED),
+            playing=self.driver.playing if action.adopted else None,
+        ).start()
         self._send_status(action, self.remaining() if action.adopted else math.ceil(action.seconds))
 
     def end_action(self, event: EventData) -> None:
@@ -543,52 +546,19 @@ class Controller:
     def _send_status(self, action: Action, remaining: int, outcome: Optional[Outcome] = None) -> None:
         self._broadcast(Progress(action.kind, remaining, math.ceil(action.seconds), outcome))
 
-    def _wake_at(self, action: Action, at: float) -> None:
-        self._clock.call_at(at, lambda: self._watch(action), name=f"barmaid-{action.kind}")
+    def _status_if_current(self, action: Action, remaining: int) -> bool:
+        """The action clock's status: sent while `action` still runs; False once it does not."""
+        with self._lock:
+            if self.action is not action:
+                return False
+            self._send_status(action, remaining)
+            return True
 
-    def _watch(self, action: Action) -> None:
-        """One wake-up of the action's clock; if it fails, the action ends at once rather than never."""
-        try:
-            wake = self._tick(action)
-        except Exception:
-            log.exception("the %s's clock failed; ending it now", action.kind)
-            with self._lock:
-                if self.action is action:
-                    self.abort(outcome=Outcome.FAILED)
-            return
-        if wake is not None:
-            self._wake_at(action, wake)
-
-    def _tick(self, action: Action) -> Optional[float]:
-        """Logs each pump switch due, sends status every status_interval, and ends the action at
-        its end; returns when to wake next, None once the action is over."""
-        if action.done.is_set():
-            return None
-        interval = self.config.server.status_interval
-        now = self._clock.now()
-        while action.to_log and action.to_log[0][0] <= now:
-            _, pump, on = action.to_log.pop(0)
-            span = action.plan[pump]
-            if on:
-                log.info("pump %d on for %.3f s (%s)", pump, span.seconds, action.kind)
-            else:
-                log.info("pump %d off after %.3f s", pump, span.seconds)
-        if now < action.end:
-            if now >= action.next_status:
-                with self._lock:
-                    if self.action is not action:
-                        return None
-                    self._send_status(action, math.ceil(action.end - now))
-                while action.next_status <= now:
-                    action.next_status += interval
-            return min(action.next_status, action.end, *(at for at, _, _ in action.to_log[:1]))
-        # An adopted pour's time is the crashed barmaid's guess: the hardware says when it ends.
-        if action.adopted and self.driver.playing() and now < action.end + ADOPT_GRACE_S:
-            return now + min(interval, 0.05)
+    def _end_if_current(self, action: Action, outcome: Outcome) -> None:
+        """The action clock's end (completed) or failure (failed), if `action` still runs."""
         with self._lock:
             if self.action is action:
-                self.finish(outcome=Outcome.COMPLETED)
-        return None
+                (self.finish if outcome == Outcome.COMPLETED else self.abort)(outcome=outcome)
 
     def _driver_lost(self, reason: str) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import BottleTooLow, Busy, ConfigError, PourRejected
 from barmaid.machine import Controller, load_definition, states_file
 from barmaid.protocol import Limits, parse
+from barmaid.store import Store
 from conftest import Broadcasts, fast_pumps, status_times
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)
@@ -372,3 +373,32 @@ def test_a_pour_refused_before_anything_moves_leaves_no_history_row(write_config
         assert controller.state == "idle"
     finally:
         controller.close()
+
+
+# ---- adoption after a crash, in fake time ----------------------------------------------------
+
+
+def test_a_restart_adopts_the_pour_still_playing_and_ends_it_exactly_when_the_hardware_does(write_config, tmp_path):
+    config = load_config(write_config({"pumps": fast_pumps()}), {"server": {"status_interval": 0.25}})
+    clock = FakeClock()
+    driver = SimulatedDriver([p.gpio for p in config.pumps], config.limits.max_pump_seconds, clock)
+    first = Controller(config, driver, Broadcasts(), store=Store(tmp_path), clock=clock)
+    first.submit(blend(0.4, {"0": 1}))  # 400 ml at 400 ml/s: 1 s
+    clock.advance(0.25)
+    first.action.done.set()  # what kill -9 leaves: its clock stops, the pumps' timeline plays on
+    first.store._db.close()
+
+    broadcasts = Broadcasts()
+    second = Controller(config, driver, broadcasts, store=Store(tmp_path), clock=clock)
+    try:
+        assert second.state == "blending" and driver.is_on(0)
+        assert second.remaining() == 1
+        clock.advance(0.749)
+        assert second.state == "blending" and driver.is_on(0)
+        clock.advance(0.001)
+        assert second.state == "idle" and not driver.is_on(0)
+        assert status_times(broadcasts.messages) == [1, 1, 1, 1, 0]  # at 0.25 (found), 0.5, 0.75 and its end
+        [pour] = second.store.history()
+        assert pour.outcome == "completed" and pour.poured_ml == {0: 400.0}
+    finally:
+        second.close()
