@@ -1,7 +1,8 @@
 """The controller: a `transitions` state machine (states.yaml) that guards the blocking actions.
 
 Events come from many connection threads; one lock serialises them, so of two blends sent at the
-same instant exactly one starts. A watcher thread per action sends status and ends it on time.
+same instant exactly one starts. The action clock (calls at given times on barmaid.clock, real or
+fake) sends each action's status and ends it on time.
 A stop switches the pumps off before it waits for that lock: it never queues behind store I/O.
 At start-up, pours a crash left unfinished are adopted (still playing) or counted (see _recover).
 """
@@ -12,24 +13,25 @@ import logging
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import yaml
 from transitions import EventData, Machine, MachineError
 
-from .calibration import MAX_FLOW_ML_S, MIN_FLOW_ML_S, Law, Run, fit
+from .actionclock import ActionClock
+from .clock import Clock, RealClock
 from .config import Config
-from .drivers.base import Driver, Span, switches
+from .drivers.base import Driver, Span
 from .drivers.simulated import SimulatedDriver
-from .errors import BadMessage, BottleTooLow, Busy, ConfigError, PumpsUnavailable, StoreError
+from .errors import BadMessage, Busy, ConfigError, PumpsUnavailable
 from .outcomes import ActionKind, Outcome
+from .planning import counted_seconds, planned_ml, poured, run_seconds, schedule
 from .protocol import (
     Blend,
     Calibrate,
-    CalibrationPoint,
     Clean,
     History,
     HistoryReply,
@@ -44,20 +46,26 @@ from .protocol import (
     SetLevel,
     State,
     StateReply,
-    Status,
     Stop,
     Stopped,
-    error_frame,
 )
-from .store import PourRecord, PumpRecord, Store
+from .pumpbook import PumpBook
+from .store import PourRecord, Store
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
+
+def _not_skipped_binding(record: logging.LogRecord) -> bool:
+    """transitions warns of each helper (may_*, is_*, trigger) that model_override leaves unbound:
+    here that is the point, so those warnings are dropped; every other one stays."""
+    return "Skip binding of" not in record.getMessage()
+
+
+logging.getLogger("transitions.core").addFilter(_not_skipped_binding)
+
 #: Triggers and states the code below fires or relies on; states.yaml must declare them.
 REQUIRED_TRIGGERS = ("blend", "refill", "prime", "calibrate", "clean", "adopt", "finish", "stop", "abort")
-#: How long an adopted pour may go on playing after its planned end before it is recorded anyway.
-ADOPT_GRACE_S = 2.0
 REQUIRED_STATES = ("idle",)
 _STATE_KEYS = {"name", "on_enter", "on_exit"}
 _TRANSITION_KEYS = {"trigger", "source", "dest", "before", "after", "prepare", "conditions", "unless"}
@@ -73,7 +81,7 @@ def states_file() -> Path:
     return Path(__file__).resolve().parent.parent / "states.yaml"
 
 
-def load_definition(path: Optional[Path] = None, model: type = None) -> dict[str, Any]:
+def load_definition(path: Optional[Path] = None, model: Optional[type] = None) -> dict[str, Any]:
     """Reads states.yaml and checks it against the model class, so mistakes stop start-up.
 
     Raises:
@@ -119,6 +127,8 @@ def load_definition(path: Optional[Path] = None, model: type = None) -> dict[str
             if state not in names and state != "*":
                 raise fail(f"{where}: unknown state {state!r}; states are {', '.join(names)}")
         triggers.add(transition["trigger"])
+        if not callable(getattr(model, transition["trigger"], None)):
+            raise fail(f"{where}: trigger {transition['trigger']!r} is not declared on {model.__name__}")
     for trigger in REQUIRED_TRIGGERS:
         if trigger not in triggers:
             raise fail(f"missing trigger {trigger!r}: barmaid fires it")
@@ -156,81 +166,96 @@ class Action:
         return self.t0 + self.seconds
 
     def poured(self, elapsed: float) -> dict[int, float]:
-        """Millilitres each pump has poured `elapsed` seconds after the start: nothing during
-        its start-up time, then at its flow (the share of its run past the start-up time)."""
-        poured = {}
-        for pump, span in self.plan.items():
-            dead = self.dead_s.get(pump, 0.0)
-            on = min(max(elapsed - span.start, 0.0), span.seconds)
-            share = (on - dead) / (span.seconds - dead) if span.seconds > dead else 0.0
-            poured[pump] = round(self.ml[pump] * min(max(share, 0.0), 1.0), 3)
-        return poured
+        """Millilitres each pump has poured `elapsed` seconds after the start (planning.poured)."""
+        return poured(self.plan, self.ml, self.dead_s, elapsed)
 
 
-def schedule(seconds: dict[int, float], lanes: Optional[int]) -> dict[int, Span]:
-    """Spans for pumps that run `seconds` each, at most `lanes` at once (None: all together).
+@dataclass(frozen=True)
+class Progress:
+    """An action's countdown, for every client: at its start, every status_interval, and once at
+    its end, with its outcome."""
 
-    Longest first, each into the lane that frees first: the whole pour is as short as greedy gets.
-    """
-    if lanes is None or lanes >= len(seconds):
-        return {pump: Span(0.0, s) for pump, s in seconds.items()}
-    free = [0.0] * lanes
-    plan = {}
-    for pump, s in sorted(seconds.items(), key=lambda item: (-item[1], item[0])):
-        lane = min(range(lanes), key=free.__getitem__)
-        plan[pump] = Span(free[lane], free[lane] + s)
-        free[lane] += s
-    return plan
+    kind: str
+    remaining: int
+    #: Whole seconds the action lasts (rounded up).
+    initial: int
+    outcome: Optional[Outcome] = None
+
+
+@dataclass(frozen=True)
+class HardwareLost:
+    """The pump hardware went away while an action ran; the action ended (outcome lost)."""
+
+    kind: str
+    reason: str
+
+
+#: What the controller reports to every client; barmaid.server turns each into frames.
+Event = Union[Progress, HardwareLost]
 
 
 class Controller:
     """The `transitions` model: turns validated requests into pours, one at a time.
 
-    Trigger methods (blend, refill, prime, calibrate, clean, adopt, finish, stop, abort) are added
-    by the machine from states.yaml; call `submit`, `snapshot`, `remaining` and `close` from outside.
+    The trigger methods below are declared so that type checkers see them; the machine replaces
+    each with its trigger from states.yaml (model_override, docs/dependencies.md "transitions").
+    Call `submit`, `snapshot`, `remaining` and `close` from outside.
     """
 
     state: str
+
+    def blend(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def refill(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def prime(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def calibrate(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def clean(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def adopt(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def finish(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def stop(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def abort(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
 
     def __init__(
         self,
         config: Config,
         driver: Driver,
-        broadcast: Callable[[str], None],
+        broadcast: Callable[[Event], None],
         store: Optional[Store] = None,
-        publish: Callable[[str], None] = lambda frame: None,
+        publish: Callable[[StateReply], None] = lambda state: None,
         definition: Optional[dict[str, Any]] = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Optional[Clock] = None,
     ) -> None:
         """
         Args:
-            broadcast: sends a frame to every client (status, errors about the hardware).
+            broadcast: tells every client of an Event (an action's progress, the hardware lost).
             store: where levels and calibrations persist; None keeps them in memory.
-            publish: sends a `state` frame to the clients that asked for the state.
+            publish: gives the new state, after every change, to the clients that asked for it.
+            clock: what the action clock and every time taken here go by; the driver's must agree.
         """
         self.config = config
         self.driver = driver
         self.store = store or Store(None)
-        saved = self.store.pumps()
-        #: pump -> its calibrate runs since its last reset, oldest first; the last is the one set_flow measures.
-        self._runs = self.store.calibration_runs()
-        self.pumps = []
-        for number, pump in enumerate(config.pumps):
-            record = saved.get(number, PumpRecord())
-            self.pumps.append(
-                PumpState(
-                    pump=number,
-                    name=pump.name,
-                    prime_ml=pump.prime_ml,
-                    level_ml=record.level_ml,
-                    capacity_ml=pump.capacity_ml,
-                    **self._loaded_calibration(number, record),  # a calibration wins over the config
-                )
-            )
+        self.book = PumpBook(config, self.store)
         self.action: Optional[Action] = None
         self._broadcast = broadcast
         self._publish = publish
-        self._clock = clock
+        self._clock = clock or RealClock()
         self._lock = threading.RLock()
         self._handlers: dict[type[Request], Callable[[Any], Optional[Reply]]] = {
             Blend: self._pour,
@@ -250,14 +275,23 @@ class Controller:
             **(definition or load_definition()),
             auto_transitions=False,
             send_event=True,
+            model_override=True,
         )
+        #: The trigger that starts each kind of action.
+        self._starts: dict[str, Callable[..., bool]] = {
+            ActionKind.BLEND: self.blend,
+            ActionKind.REFILL: self.refill,
+            ActionKind.PRIME: self.prime,
+            ActionKind.CALIBRATE: self.calibrate,
+            ActionKind.CLEAN: self.clean,
+        }
         driver.on_lost = self._driver_lost
         self._recover()
 
     @property
-    def laws(self) -> list[Law]:
-        """What each pump pours in t seconds: nothing for dead_s, then flow_ml_s."""
-        return [Law(pump.flow_ml_s, pump.dead_s) for pump in self.pumps]
+    def pumps(self) -> list[PumpState]:
+        """Each pump as the pump book knows it."""
+        return self.book.pumps
 
     # ---- from outside ---------------------------------------------------------------------
 
@@ -273,20 +307,8 @@ class Controller:
         return self._handlers[type(request)](request)
 
     def plan(self, request: Request) -> dict[int, float]:
-        """Seconds each pump runs for a blend or refill (dead_s + volume / flow), calibrate or clean."""
-        laws = self.laws
-        if isinstance(request, Blend):
-            return {p: laws[p].seconds(request.cup_size * 1000 * r) for p, r in request.ratios.items()}
-        if isinstance(request, (Refill, Prime)):
-            prime = self.pumps[request.pump].prime_ml
-            if prime <= 0:
-                raise BadMessage(f"pump {request.pump} has prime_ml 0 in the config: nothing to {request.type}")
-            return {request.pump: laws[request.pump].seconds(prime)}
-        if isinstance(request, Calibrate):
-            return {request.pump: request.seconds}
-        if isinstance(request, Clean):
-            return {p: request.seconds for p in (request.pumps or range(len(self.pumps)))}
-        raise BadMessage(f"{request.type} does not move pumps")
+        """Seconds each pump runs for the request, by today's laws (planning.run_seconds)."""
+        return run_seconds(request, self.book.laws, self.book.prime_ml)
 
     def snapshot(self) -> StateReply:
         with self._lock:
@@ -304,7 +326,7 @@ class Controller:
         with self._lock:
             if self.action is None:
                 return 0
-            return max(0, math.ceil(self.action.end - self._clock()))
+            return max(0, math.ceil(self.action.end - self._clock.now()))
 
     def close(self) -> None:
         """Ends any action and releases the pumps: every pump off."""
@@ -319,31 +341,23 @@ class Controller:
     # ---- request handlers -----------------------------------------------------------------
 
     def _pour(self, request: Request) -> None:
-        seconds, laws = self.plan(request), self.laws
-        ml = {p: laws[p].ml(s) for p, s in seconds.items()}
+        seconds, laws = self.plan(request), self.book.laws
+        ml = planned_ml(seconds, laws)
         plan = schedule(seconds, self.config.limits.max_parallel_pumps)
         self.driver.check(plan)
         with self._lock:
             try:
                 action = Action(request.type, plan, ml, dead_s={p: laws[p].dead_s for p in seconds})
-                getattr(self, request.type)(action=action)
+                self._starts[request.type](action=action)
             except MachineError:
                 retry_in = self.remaining()
                 raise Busy(f"Already {self.state} ! Retry in {retry_in} sec", retry_in=retry_in) from None
             except BaseException:
-                # transitions keeps the new state when a callback fails after the change (T2).
+                # A callback that fails after the state change leaves the new state in place
+                # (docs/dependencies.md, "transitions").
                 if self.action is not None:
                     self.abort(outcome=Outcome.FAILED)
                 raise
-
-    def _check_levels(self, ml: dict[int, float]) -> None:
-        short = [
-            f"pump {p} needs {need:.1f} ml but has {self.pumps[p].level_ml:.1f} ml left"
-            for p, need in sorted(ml.items())
-            if self.pumps[p].level_ml is not None and need > self.pumps[p].level_ml + 1e-6
-        ]
-        if short:
-            raise BottleTooLow("; ".join(short) + ": change the bottle and send refill, or correct it with set_level")
 
     def _stop(self, request: Stop) -> Stopped:
         # Pumps off first, outside the lock: another thread may hold it for seconds of store I/O.
@@ -352,7 +366,7 @@ class Controller:
             action = self.action
             if action is None:
                 return Stopped(msg="nothing was running")
-            after = self._clock() - action.t0
+            after = self._clock.now() - action.t0
             self.stop(outcome=Outcome.STOPPED)
         return Stopped(action=action.kind, after=round(after, 3), msg=f"stopped the {action.kind} after {after:.1f} s")
 
@@ -363,59 +377,21 @@ class Controller:
         )
 
     def _set_level(self, request: SetLevel) -> None:
-        capacity = self.pumps[request.pump].capacity_ml
-        if capacity is not None and request.ml > capacity:
-            raise BadMessage(f"set_level: pump {request.pump}'s bottle holds {capacity:g} ml, less than {request.ml:g}")
-        self._update_pump(request.pump, level_ml=request.ml)
+        with self._lock:
+            self.book.set_level(request.pump, request.ml)
+            self.publish_state()
 
     def _set_flow(self, request: SetFlow) -> None:
-        """The ml the pump's last calibrate run poured: a point; its law is fitted again to all."""
         pump = request.pump
         with self._lock:
-            if self.action is not None and self.action.kind == "calibrate" and pump in self.action.plan:
+            if self.action is not None and self.action.kind == ActionKind.CALIBRATE and pump in self.action.plan:
                 raise BadMessage(f"set_flow: pump {pump} is still calibrating; send the ml it poured once it is done")
-            runs = self._runs.get(pump, [])
-            if not runs:
-                raise BadMessage(
-                    f"set_flow: pump {pump} has no calibration run; send calibrate first, then the ml it poured"
-                )
-            last = runs[-1]
-            if last.cut:
-                raise BadMessage(
-                    f"set_flow: pump {pump}'s last calibration was cut ({last.cut}) before its end, so how long it"
-                    " ran is not known; calibrate again, then send the ml it poured"
-                )
-            measured = replace(last, ml=request.ml)
-            try:
-                fields = self._fitted([*runs[:-1], measured])
-            except BadMessage as exc:
-                raise BadMessage(f"set_flow: pump {pump}: {exc}") from None
-            state, values = self.pumps[pump], {"flow_ml_s": fields["flow_ml_s"]}
-            if state.level_ml is not None:  # the run took charged_ml (or the last measure) off the level
-                level = state.level_ml + (last.charged_ml if last.ml is None else last.ml) - request.ml
-                values["level_ml"] = min(max(level, 0.0), state.capacity_ml or math.inf)
-            run_id = self.store.save_calibration_run(measured, **values)
-            self._runs[pump] = [*runs[:-1], replace(measured, id=run_id)]
-            self.pumps[pump] = state.model_copy(update={**fields, **values})
+            self.book.set_flow(pump, request.ml)
             self.publish_state()
-        log.info("pump %d: %g ml in %.3f s; flow %.3f ml/s, start-up time %.3f s from %d points", pump, request.ml,
-                 last.seconds, fields["flow_ml_s"], fields["dead_s"], len(fields["points"]))
 
     def _reset_calibration(self, request: ResetCalibration) -> None:
-        pump = request.pump
         with self._lock:
-            self.store.reset_calibration(pump)
-            self._runs[pump] = []
-            self.pumps[pump] = self.pumps[pump].model_copy(update=self._uncalibrated(pump))
-            self.publish_state()
-        log.info("pump %d: calibration reset; flow %g ml/s from the config", pump, self.pumps[pump].flow_ml_s)
-
-    def _update_pump(self, pump: int, **values: Optional[float]) -> None:
-        """Changes one pump's record (on disk first, so memory never holds what a restart loses)
-        and sends the new state to the clients that follow it."""
-        with self._lock:
-            self.store.set_pump(pump, **values)
-            self.pumps[pump] = self.pumps[pump].model_copy(update=values)
+            self.book.reset_calibration(request.pump)
             self.publish_state()
 
     # ---- callbacks named in states.yaml ---------------------------------------------------
@@ -423,9 +399,9 @@ class Controller:
     def start_pour(self, event: EventData) -> None:
         action: Action = event.kwargs["action"]
         if action.kind in (ActionKind.BLEND, ActionKind.PRIME):
-            self._check_levels(action.ml)
+            self.book.check_levels(action.ml)
         # StoreError: nothing moved. The time is taken before the pour: a restart counts no less.
-        action.pour_id = self.store.begin_pour(action.kind, action.ml, action.plan, self._clock())
+        action.pour_id = self.store.begin_pour(action.kind, action.ml, action.plan, self._clock.now())
         try:
             action.t0 = self.driver.pour(action.plan)
         except PumpsUnavailable as exc:
@@ -445,14 +421,26 @@ class Controller:
         """Condition of `adopt`: the transition into the state the adopted action's own trigger
         leads to from idle (blend: blending), as states.yaml says."""
         starts = self.machine.get_transitions(trigger=event.kwargs["action"].kind, source="idle")
-        return any(start.dest == event.transition.dest for start in starts)
+        return event.transition is not None and any(start.dest == event.transition.dest for start in starts)
 
     def adopt_pour(self, event: EventData) -> None:
         self.action = event.kwargs["action"]
 
     def start_clock(self, event: EventData) -> None:
         action = self.action
-        threading.Thread(target=self._watch, args=(action,), name=f"barmaid-{action.kind}", daemon=True).start()
+        assert action is not None, "start_clock runs after start_pour or adopt_pour set the action"
+        ActionClock(
+            self._clock,
+            self.config.server.status_interval,
+            action.kind,
+            action.plan,
+            action.t0,
+            action.done,
+            status=lambda remaining: self._status_if_current(action, remaining),
+            end=lambda: self._end_if_current(action, Outcome.COMPLETED),
+            fail=lambda: self._end_if_current(action, Outcome.FAILED),
+            playing=self.driver.playing if action.adopted else None,
+        ).start()
         self._send_status(action, self.remaining() if action.adopted else math.ceil(action.seconds))
 
     def end_action(self, event: EventData) -> None:
@@ -462,105 +450,33 @@ class Controller:
         action.done.set()
         self._halt(f"after the {action.kind}")
         outcome = event.kwargs.get("outcome", Outcome.COMPLETED)
-        ran = min(self._clock() - action.t0, action.seconds)
+        ran = min(self._clock.now() - action.t0, action.seconds)
         if outcome != Outcome.COMPLETED:
             for pump, span in sorted(action.plan.items()):
                 if span.start < ran < span.stop:
                     log.info("pump %d off after %.3f s (%s)", pump, ran - span.start, outcome)
         log.info("%s %s after %.3f s", action.kind, outcome, ran)
-        # A lost daemon may well finish the wave: count the pour in full, to be safe.
-        self._record(action, outcome, action.seconds if outcome == Outcome.LOST else ran)
+        self._record(action, outcome, counted_seconds(outcome, ran, action.seconds))
         self._send_status(action, 0, outcome)
 
     def publish_state(self, event: Optional[EventData] = None) -> None:
-        self._publish(self.snapshot().frame())
+        self._publish(self.snapshot())
 
     # ---- inside ---------------------------------------------------------------------------
 
     def _record(self, action: Action, outcome: Outcome, ran: float) -> None:
-        """What the pour did to each pump (level, calibration), in memory and, with the outcome, on disk."""
+        """What the pour did to each pump (level, calibration), in the pump book and on disk."""
         poured = action.poured(ran)
-        updates: dict[int, dict[str, Optional[float]]] = {}
-        for pump, span in action.plan.items():
-            state, update = self.pumps[pump], {}
-            if action.kind == "refill":  # a new bottle, less what priming took from it
-                update["level_ml"] = None if state.capacity_ml is None else max(0.0, state.capacity_ml - poured[pump])
-            elif action.kind != "clean" and state.level_ml is not None:  # cleaning runs water
-                update["level_ml"] = max(0.0, state.level_ml - poured[pump])
-            if update:
-                updates[pump] = update
-                self.pumps[pump] = state.model_copy(update=update)
-        try:
-            self.store.end_pour(action.pour_id, outcome, poured, updates)
-        except StoreError as exc:
-            log.error("the %s ended (%s) but could not be recorded: %s", action.kind, outcome, exc)
-        if action.kind == "calibrate":
-            self._end_calibration(action, outcome, ran)
+        self.book.record_pour(action.kind, action.pour_id, outcome, poured)
+        if action.kind == ActionKind.CALIBRATE:
+            ((pump, span),) = action.plan.items()
+            self.book.record_calibration(pump, min(max(ran - span.start, 0.0), span.seconds), poured[pump], outcome)
 
     def _halt(self, why: str) -> None:
         try:
             self.driver.halt()
         except Exception:
             log.exception("could not halt the pumps %s", why)
-
-    # ---- calibration ----------------------------------------------------------------------
-
-    def _loaded_calibration(self, pump: int, record: PumpRecord) -> dict[str, Any]:
-        """PumpState fields of a pump's calibration at start-up: fitted to its stored points,
-        else its stored one-number flow (older barmaid), else the config's."""
-        runs = self._runs.get(pump, [])
-        last = {"calibration_seconds": runs[-1].seconds if runs and not runs[-1].cut else None}
-        if any(run.ml is not None for run in runs):
-            try:
-                return {**self._fitted(runs), **last}
-            except BadMessage as exc:
-                log.error("pump %d: its stored calibration runs fit no pump (%s); send reset_calibration", pump, exc)
-        flow = record.flow_ml_s
-        if flow is not None and MIN_FLOW_ML_S <= flow <= MAX_FLOW_ML_S:
-            return {**self._uncalibrated(pump), "flow_ml_s": flow, **last}
-        if flow is not None:
-            log.warning(
-                "pump %d: the stored flow %g ml/s is not plausible (%g to %g ml/s), so the config's %g ml/s is"
-                " used; calibrate it again", pump, flow, MIN_FLOW_ML_S, MAX_FLOW_ML_S, self.config.pumps[pump].flow_ml_s
-            )
-        return {**self._uncalibrated(pump), **last}
-
-    def _uncalibrated(self, pump: int) -> dict[str, Any]:
-        return {"flow_ml_s": self.config.pumps[pump].flow_ml_s, "dead_s": 0.0, "points": [], "calibration_seconds": None}
-
-    @staticmethod
-    def _fitted(runs: list[Run]) -> dict[str, Any]:
-        """PumpState fields of the law fitted to the measured runs, with each point's residual.
-
-        Raises:
-            BadMessage: the runs fit no plausible pump.
-        """
-        points = [run for run in runs if run.ml is not None]
-        result = fit(points)
-        return {
-            "flow_ml_s": result.law.flow_ml_s,
-            "dead_s": result.law.dead_s,
-            "points": [
-                CalibrationPoint(seconds=p.seconds, ml=p.ml, taken=p.taken, residual_ml=round(residual, 3))
-                for p, residual in zip(points, result.residuals_ml)
-            ],
-        }
-
-    def _end_calibration(self, action: Action, outcome: Outcome, ran: float) -> None:
-        """A calibrate run ended: it becomes its pump's last run, the one set_flow measures. Only
-        a completed or stopped run has a known length; any other was cut at a time not known."""
-        ((pump, span),) = action.plan.items()
-        cut = None if outcome in (Outcome.COMPLETED, Outcome.STOPPED) else Outcome(outcome).value
-        seconds = min(max(ran - span.start, 0.0), span.seconds)
-        run = Run(pump, seconds, time.time(), action.poured(ran)[pump], cut)
-        try:
-            run = replace(run, id=self.store.save_calibration_run(run))
-        except StoreError as exc:
-            log.error("the calibrate run of pump %d could not be stored (%s); it is kept until a restart", pump, exc)
-        self._runs[pump] = [*(r for r in self._runs.get(pump, []) if r.ml is not None), run]
-        self.pumps[pump] = self.pumps[pump].model_copy(update={"calibration_seconds": None if cut else seconds})
-        if cut:
-            log.warning("the calibrate run of pump %d was cut (%s): how long it ran is not known; calibrate again", pump, cut)
 
     def _pump_states(self) -> list[PumpState]:
         """The pumps as `state` shows them; with simulated pumps, what each really poured."""
@@ -570,11 +486,7 @@ class Controller:
         return [state.model_copy(update={"sim_poured_ml": ml}) for state, ml in zip(self.pumps, poured)]
 
     def _end_failed(self, action: Action) -> None:
-        """Records a pour that did not start: nothing poured, no level changed."""
-        try:
-            self.store.end_pour(action.pour_id, Outcome.FAILED, {}, {})
-        except StoreError as exc:
-            log.error("the %s that failed to start could not be recorded: %s", action.kind, exc)
+        self.book.record_failed(action.kind, action.pour_id)
 
     def _lost_at_start(self, action: Action, exc: PumpsUnavailable) -> None:
         """The daemon went away after the pour was sent: it may have run in full, so it is counted
@@ -600,7 +512,7 @@ class Controller:
         to now (exact within one boot, in full when the time is unknown), never more than
         planned, and marked interrupted."""
         unfinished = self.store.unfinished()
-        now = self._clock()
+        now = self._clock.now()
         for record in unfinished:
             action = self._action_of(record)
             elapsed = record.elapsed(now, self.store.boot_id)
@@ -632,62 +544,25 @@ class Controller:
         return Action(record.action, plan, {p: ml[p] for p in plan}, pour_id=record.id)
 
     def _send_status(self, action: Action, remaining: int, outcome: Optional[Outcome] = None) -> None:
-        self._broadcast(
-            Status(
-                remaining_time=remaining, action=action.kind, initial_time=math.ceil(action.seconds), outcome=outcome
-            ).frame()
-        )
+        self._broadcast(Progress(action.kind, remaining, math.ceil(action.seconds), outcome))
 
-    def _watch(self, action: Action) -> None:
-        """Runs the action's clock; if it fails, the action ends at once rather than never."""
-        try:
-            self._tick(action)
-        except Exception:
-            log.exception("the %s's clock failed; ending it now", action.kind)
-            with self._lock:
-                if self.action is action:
-                    self.abort(outcome=Outcome.FAILED)
+    def _status_if_current(self, action: Action, remaining: int) -> bool:
+        """The action clock's status: sent while `action` still runs; False once it does not."""
+        with self._lock:
+            if self.action is not action:
+                return False
+            self._send_status(action, remaining)
+            return True
 
-    def _tick(self, action: Action) -> None:
-        """Logs each pump switch, sends status every status_interval, and ends the action."""
-        interval = self.config.server.status_interval
-        events = [(action.t0 + at, pump, on) for at, pump, on in switches(action.plan) if at > 0 or not on]
-        if action.adopted:  # what happened before this barmaid started was logged by the last one
-            events = [event for event in events if event[0] > self._clock()]
-        next_tick = action.t0 + interval
-        while True:
-            now = self._clock()
-            while events and events[0][0] <= now:
-                at, pump, on = events.pop(0)
-                span = action.plan[pump]
-                if on:
-                    log.info("pump %d on for %.3f s (%s)", pump, span.seconds, action.kind)
-                else:
-                    log.info("pump %d off after %.3f s", pump, span.seconds)
-            if now >= action.end:
-                break
-            if now >= next_tick:
-                with self._lock:
-                    if self.action is not action:
-                        return
-                    self._send_status(action, math.ceil(action.end - now))
-                while next_tick <= now:
-                    next_tick += interval
-            wake = min(next_tick, action.end, events[0][0] if events else math.inf)
-            if action.done.wait(max(0.0, wake - now)):
-                return
-        if action.adopted:  # its time is the crashed barmaid's guess: the hardware says when it ends
-            grace = action.end + ADOPT_GRACE_S
-            while self.driver.playing() and self._clock() < grace:
-                if action.done.wait(min(interval, 0.05)):
-                    return
+    def _end_if_current(self, action: Action, outcome: Outcome) -> None:
+        """The action clock's end (completed) or failure (failed), if `action` still runs."""
         with self._lock:
             if self.action is action:
-                self.finish(outcome=Outcome.COMPLETED)
+                (self.finish if outcome == Outcome.COMPLETED else self.abort)(outcome=outcome)
 
     def _driver_lost(self, reason: str) -> None:
         with self._lock:
             if self.action is None:
                 return
-            self._broadcast(error_frame(f"pump hardware lost: {reason}; the {self.action.kind} was stopped"))
+            self._broadcast(HardwareLost(self.action.kind, reason))
             self.abort(outcome=Outcome.LOST)

@@ -13,10 +13,11 @@ from typing import Callable, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 from . import panel
+from .clock import Clock
 from .config import Config
 from .drivers.base import Driver
-from .errors import BarmaidError, Busy, TokenRequired, error_code
-from .machine import Controller
+from .errors import BarmaidError, Busy, PumpsUnavailable, TokenRequired, error_code
+from .machine import Controller, Event, Progress
 from .protocol import (
     Done,
     Echo,
@@ -31,6 +32,8 @@ from .protocol import (
     SetLevel,
     Started,
     State,
+    StateReply,
+    Status,
     Welcome,
     build,
     echo_frame,
@@ -43,6 +46,17 @@ from .transport import Client, Transport
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
+def event_frames(event: Event) -> tuple[str, str]:
+    """The frames of a controller event: for a seed-only client, and for one of the extended protocol."""
+    if isinstance(event, Progress):
+        frame = Status(
+            remaining_time=event.remaining, action=event.kind, initial_time=event.initial, outcome=event.outcome
+        ).frame()
+        return frame, frame
+    msg = f"pump hardware lost: {event.reason}; the {event.kind} was stopped"
+    return Error(msg=msg).frame(), Error(msg=msg, code=PumpsUnavailable.code).frame()
+
+
 INTERNAL_ERROR = "internal error (logged on the server); the pumps are safe, try again"
 
 
@@ -50,13 +64,19 @@ class BarmaidServer:
     """barmaid on a port: a transport, a controller and the driver it owns."""
 
     def __init__(
-        self, config: Config, driver: Union[Driver, Callable[[], Driver]], store: Optional[Store] = None
+        self,
+        config: Config,
+        driver: Union[Driver, Callable[[], Driver]],
+        store: Optional[Store] = None,
+        clock: Optional[Clock] = None,
     ) -> None:
         """
         Args:
             driver: the pumps, or a function that makes them: it is called once the port is
                 bound, so a barmaid that cannot serve never reaches the pump daemon.
             store: levels, calibrations, history; by default barmaid.db in config.data_dir.
+            clock: what the controller times actions by (default: the real one); the driver's
+                must agree with it.
         """
         self.config = config
         self.limits = Limits.from_config(config)
@@ -79,20 +99,21 @@ class BarmaidServer:
         #: Clients that asked for the state once: they get it on every change.
         self._watchers: set[int] = set()
         self._watchers_lock = threading.Lock()
-        made = not isinstance(driver, Driver)
+        made: Optional[Driver] = None
         try:
-            if made:
-                driver = driver()
+            if not isinstance(driver, Driver):
+                driver = made = driver()
             self.controller = Controller(
                 config,
                 driver,
                 self._broadcast,
                 store=store or Store(config.data_dir),
                 publish=self._publish_state,
+                clock=clock,
             )
         except BaseException:
-            if made and isinstance(driver, Driver):
-                driver.close()
+            if made is not None:
+                made.close()
             self.transport.close()  # the port is bound already: free it
             raise
 
@@ -169,13 +190,18 @@ class BarmaidServer:
         action = self.controller.action  # set by the transition that is sending its first status
         return Started(action=request.type, seconds=round(action.seconds, 3) if action else 0.0)
 
-    def _broadcast(self, frame: str) -> None:
-        """Sends a frame to every client; the first one the submitting thread sends for a new
-        action is preceded by that action's `started`, so the ack comes before every status."""
+    def _broadcast(self, event: Event) -> None:
+        """Tells every client of a controller event; the first one the submitting thread reports
+        for a new action is preceded by that action's `started`, so the ack comes before every status."""
         ack, self._ack.send = getattr(self._ack, "send", None), None
         if ack is not None:
             ack()
-        self.transport.broadcast(frame)
+        seed, extended = event_frames(event)
+        if seed == extended:
+            self.transport.broadcast(seed)
+            return
+        for client in self.transport.clients():
+            client.send(extended if client.id in self._extended else seed)
 
     def _refuse(self, client: Client, exc: BaseException, request_id: Optional[RequestId]) -> None:
         """One error to the sender, in the seed's shape unless it speaks the extended protocol,
@@ -225,8 +251,9 @@ class BarmaidServer:
             pumps=self.controller.snapshot().pumps,
         )
 
-    def _publish_state(self, frame: str) -> None:
+    def _publish_state(self, state: StateReply) -> None:
         # `state` is not in the seed protocol: only clients that asked for it get it.
+        frame = state.frame()
         with self._watchers_lock:
             watchers = set(self._watchers)
         for client in self.transport.clients():

@@ -19,11 +19,12 @@ import websocket
 import yaml
 from websocket_server import WebsocketServer
 
+from barmaid.clock import Clock
 from barmaid.config import DEFAULT_GPIOS, Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
-from barmaid.machine import Controller
+from barmaid.machine import Controller, Event
 from barmaid.protocol import schema
-from barmaid.server import BarmaidServer
+from barmaid.server import BarmaidServer, event_frames
 
 #: Longest wait for one expected message; a healthy server answers in milliseconds.
 RECV_TIMEOUT = 3.0
@@ -113,13 +114,15 @@ def fast_config(write_config: Callable[..., Path]) -> Config:
 
 
 class Broadcasts:
-    """The controller's broadcast callback: keeps every message and lets a test wait for one."""
+    """The controller's broadcast callback: keeps every event as the frame a seed-only client gets,
+    and lets a test wait for one."""
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self._cond = threading.Condition()
 
-    def __call__(self, frame: str) -> None:
+    def __call__(self, event: Event) -> None:
+        frame = event_frames(event)[0]
         from_server(frame)
         with self._cond:
             self.messages.append(json.loads(frame))
@@ -137,7 +140,8 @@ class Broadcasts:
 
 @pytest.fixture
 def make_controller(write_config: Callable[..., Path]):
-    """Builds Controller(config, SimulatedDriver, Broadcasts) from a pump list; closes each at teardown."""
+    """Builds Controller(config, SimulatedDriver, Broadcasts) from a pump list, both on `clock` (a
+    FakeClock for fake time; default real); closes each at teardown."""
     made: list[Controller] = []
 
     def make(
@@ -145,12 +149,13 @@ def make_controller(write_config: Callable[..., Path]):
         flow_ml_s: float = FAST_FLOW_ML_S,
         prime_ml: Optional[float] = None,
         status_interval: float = 0.05,
+        clock: Optional[Clock] = None,
     ) -> tuple[Controller, Broadcasts]:
         pumps = pumps or fast_pumps(flow_ml_s, prime_ml)
         config = load_config(write_config({"pumps": pumps}), {"server": {"status_interval": status_interval}})
         broadcasts = Broadcasts()
-        driver = SimulatedDriver([pump.gpio for pump in config.pumps], config.limits.max_pump_seconds)
-        controller = Controller(config, driver, broadcasts)
+        driver = SimulatedDriver([pump.gpio for pump in config.pumps], config.limits.max_pump_seconds, clock)
+        controller = Controller(config, driver, broadcasts, clock=clock)
         made.append(controller)
         return controller, broadcasts
 

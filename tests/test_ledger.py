@@ -35,7 +35,7 @@ from barmaid.server import BarmaidServer
 from barmaid.store import FILENAME, Store
 from conftest import Broadcasts, Peer, close_quickly, eventually, is_final_status
 from fake_pigpiod import FakePigpiod
-from test_extensions import is_state, is_type, levels, make_rig, on_times, pumps_with, set_level  # noqa: F401
+from test_actions import is_state, is_type, levels, make_rig, on_times, pumps_with, set_level  # noqa: F401
 from test_store import ROOT, barmaid_process, blend, free_port, history  # noqa: F401 (barmaid_process: a fixture)
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)

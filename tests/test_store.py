@@ -26,8 +26,8 @@ from barmaid.drivers.base import Span
 from barmaid.errors import StoreError
 from barmaid.store import FILENAME, PumpRecord, Store
 from conftest import Peer
-from test_extensions import ask_state, is_state, is_type, levels, on_times, pumps_with, set_level
-from test_extensions import make_rig  # noqa: F401  (the fixture, shared)
+from test_actions import ask_state, is_state, is_type, levels, on_times, pumps_with, set_level
+from test_actions import make_rig  # noqa: F401  (the fixture, shared)
 
 ROOT = Path(__file__).resolve().parent.parent
 GARBAGE = b"this is not an SQLite database \x00\xff\x13" * 64

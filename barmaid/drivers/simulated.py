@@ -1,6 +1,6 @@
 """Simulated pumps: the default backend, so a GUI can be built anywhere without a Raspberry Pi.
 
-It times pours on its own thread, as the pigpio daemon would, and keeps a timeline of every
+It times pours by its clock (barmaid.clock: real, or fake in tests), as a pump daemon would, and keeps a timeline of every
 switch `(time, pump, on)` that tests assert on. Given each pump's truth (`pumps[i].sim` in the
 config: flow, start-up time, noise), it also counts what each pump really poured, so a
 calibration can be run against a pump whose behaviour the controller does not know.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from ..calibration import Law
+from ..clock import Clock, RealClock, Timer
 from ..config import Config
 from .base import Driver, Plan, switches
 
@@ -42,7 +42,7 @@ class SimulatedDriver(Driver):
         self,
         gpios: Sequence[int],
         max_pump_seconds: float = 120.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Optional[Clock] = None,
         truths: Optional[Sequence[Truth]] = None,
     ) -> None:
         """
@@ -52,8 +52,9 @@ class SimulatedDriver(Driver):
         super().__init__(gpios, max_pump_seconds)
         if truths is not None and len(truths) != len(self.gpios):
             raise ValueError(f"{len(truths)} truths for {len(self.gpios)} simulated pumps: give one per pump")
-        self._clock = clock
-        self._cond = threading.Condition()
+        self._clock = clock or RealClock()
+        self._cond = threading.RLock()
+        self._timer: Optional[Timer] = None  # the next switch due
         self._on: dict[int, float] = {}  # pump -> when it went on
         self._due: list[tuple[float, int, bool]] = []  # (deadline, pump, on), soonest last
         self._closed = False
@@ -61,14 +62,12 @@ class SimulatedDriver(Driver):
         self._truths = tuple(truths) if truths is not None else None
         self._poured = [0.0] * len(self.gpios)
         self._noise = [random.Random(pump) for pump in range(len(self.gpios))]  # seeded: runs repeat
-        self._thread = threading.Thread(target=self._run, name="barmaid-sim-pumps", daemon=True)
-        self._thread.start()
 
     @classmethod
-    def for_config(cls, config: Config) -> "SimulatedDriver":
+    def for_config(cls, config: Config, clock: Optional[Clock] = None) -> SimulatedDriver:
         """The configured pumps, each pouring by its `sim` truth (default: its flow, no start-up time)."""
         truths = [Truth(Law(p.sim.flow_ml_s or p.flow_ml_s, p.sim.dead_s), p.sim.noise_ml) for p in config.pumps]
-        return cls([p.gpio for p in config.pumps], config.limits.max_pump_seconds, truths=truths)
+        return cls([p.gpio for p in config.pumps], config.limits.max_pump_seconds, clock, truths)
 
     def poured_ml(self) -> Optional[list[float]]:
         """Per pump, the millilitres it really poured since the start; None without truths."""
@@ -87,36 +86,36 @@ class SimulatedDriver(Driver):
         self.check(plan)
         with self._cond:
             self._all_off()
-            t0 = self._clock()
+            t0 = self._clock.now()
             self._due = [(t0 + at, pump, on) for at, pump, on in reversed(switches(plan))]
             self._run_due(t0)
-            self._cond.notify_all()
+            self._arm()
         return t0
 
     def halt(self) -> None:
         with self._cond:
             self._all_off()
-            self._cond.notify_all()
+            self._arm()
 
     def close(self) -> None:
         with self._cond:
             self._all_off()
             self._closed = True
-            self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=1)
+            self._arm()
 
-    def _run(self) -> None:
+    def _arm(self) -> None:
+        """Asks the clock to wake this driver when the next switch is due (and no earlier call)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._due and not self._closed:
+            self._timer = self._clock.call_at(self._due[-1][0], self._wake, "barmaid-sim-pumps")
+
+    def _wake(self) -> None:
         with self._cond:
-            while not self._closed:
-                if not self._due:
-                    self._cond.wait()
-                    continue
-                now = self._clock()
-                if now < self._due[-1][0]:
-                    self._cond.wait(self._due[-1][0] - now)
-                    continue
-                self._run_due(now)
+            if not self._closed:
+                self._run_due(self._clock.now())
+                self._arm()
 
     def _run_due(self, now: float) -> None:
         """Switches every pump whose time has come; those due together at one instant."""
@@ -126,7 +125,7 @@ class SimulatedDriver(Driver):
 
     def _all_off(self) -> None:
         """Ends the pour: what was due by now switches at its own time, the rest now."""
-        now = self._clock()
+        now = self._clock.now()
         self._run_due(now)
         self._due.clear()
         for pump in sorted(self._on):
