@@ -525,12 +525,14 @@ class Controller:
                             " it ends in %.1f s", action.kind, elapsed, max(0.0, action.seconds - elapsed))
                 self.adopt(action=action)
                 continue
-            ran = action.seconds if elapsed is None else min(elapsed, action.seconds)
+            # A daemon out of reach may still be playing it to its end: count it in full then too.
+            unknown = elapsed is None or not self.driver.available
+            ran = action.seconds if unknown else min(elapsed, action.seconds)
             self._record(action, Outcome.INTERRUPTED, ran)
             log.warning(
                 "the %s started at %s was cut off by a crash; counted as poured %s: %s ml of %s ml planned",
                 record.action, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)),
-                "in full (its running time is unknown)" if elapsed is None else f"for {ran:.3f} s",
+                "in full (its running time is unknown)" if unknown else f"for {ran:.3f} s",
                 action.poured(ran), action.ml,
             )
 

@@ -176,11 +176,6 @@ def test_a_daemon_lost_right_after_the_send_counts_the_pour_in_full_in_plain_wor
         server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Controller._recover counts an unfinished pour up to now when the driver is not connected"
-    " yet, though the daemon may still play it to its end: it must count it in full then",
-)
 def test_a_restart_that_cannot_reach_the_daemon_yet_counts_the_pour_in_full(write_config):
     with FakePigpiod() as daemon:  # its listener can close while its wave plays on
         unreachable_at_restart(daemon, write_config)
