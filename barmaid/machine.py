@@ -116,7 +116,8 @@ def load_definition(path: Optional[Path] = None, model: Optional[type] = None) -
         raise fail(f"initial state {spec['initial']!r} is not one of the states {names}")
     triggers = set()
     for number, transition in enumerate(spec["transitions"] or []):
-        where = f"transition {number} ({transition.get('trigger', '?') if isinstance(transition, dict) else transition})"
+        trigger = transition.get("trigger", "?") if isinstance(transition, dict) else transition
+        where = f"transition {number} ({trigger})"
         if not isinstance(transition, dict) or not {"trigger", "source", "dest"} <= set(transition):
             raise fail(f"{where}: needs trigger, source and dest")
         unknown = set(transition) - _TRANSITION_KEYS
@@ -373,7 +374,10 @@ class Controller:
     def _history(self, request: History) -> HistoryReply:
         fields = set(PourEntry.model_fields)  # what a restart needs to count a pour stays inside
         return HistoryReply(
-            pours=[PourEntry(**{k: v for k, v in asdict(record).items() if k in fields}) for record in self.store.history(request.limit)]
+            pours=[
+                PourEntry(**{k: v for k, v in asdict(record).items() if k in fields})
+                for record in self.store.history(request.limit)
+            ]
         )
 
     def _set_level(self, request: SetLevel) -> None:
@@ -526,8 +530,10 @@ class Controller:
                 self.adopt(action=action)
                 continue
             # A daemon out of reach may still be playing it to its end: count it in full then too.
-            unknown = elapsed is None or not self.driver.available
-            ran = action.seconds if unknown else min(elapsed, action.seconds)
+            if elapsed is None or not self.driver.available:
+                ran, unknown = action.seconds, True
+            else:
+                ran, unknown = min(elapsed, action.seconds), False
             self._record(action, Outcome.INTERRUPTED, ran)
             log.warning(
                 "the %s started at %s was cut off by a crash; counted as poured %s: %s ml of %s ml planned",

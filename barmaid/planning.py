@@ -8,7 +8,8 @@ pour cut short poured, and `counted_seconds` how long a pour that ended in a giv
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .calibration import Law
 from .drivers.base import Span
@@ -33,7 +34,7 @@ def run_seconds(request: Request, laws: Sequence[Law], prime_ml: Sequence[float]
     if isinstance(request, Calibrate):
         return {request.pump: request.seconds}
     if isinstance(request, Clean):
-        return {p: request.seconds for p in (request.pumps or range(len(laws)))}
+        return dict.fromkeys(request.pumps or range(len(laws)), request.seconds)
     raise BadMessage(f"{request.type} does not move pumps")
 
 

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -28,7 +28,7 @@ from pydantic.json_schema import JsonSchemaMode
 from . import __version__
 from .errors import BadMessage, ErrorCode
 from .explain import allowed, clip, show
-from .outcomes import Outcome
+from .outcomes import ActionKind, Outcome
 from .strictjson import MAX_DEPTH, decode, encode
 
 if TYPE_CHECKING:
@@ -497,7 +497,7 @@ class Status(Reply):
     type: ClassVar[str] = "status"
     seed: ClassVar[bool] = True
     remaining_time: int = Field(ge=0, description="whole seconds to the end, rounded up")
-    action: Optional[Literal["blend", "refill", "prime", "calibrate", "clean"]] = None
+    action: Optional[ActionKind] = None
     initial_time: Optional[int] = Field(None, ge=0, description="remaining_time of the first status")
     outcome: Optional[Outcome] = Field(None, description="how the action ended; only on the final status (0)")
 

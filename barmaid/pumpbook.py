@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from .calibration import MIN_FLOW_ML_S, Law, Run, fit
 from .config import MAX_FLOW_ML_S, Config
@@ -105,7 +105,9 @@ class PumpBook:
         self._runs[pump] = [*(r for r in self._runs.get(pump, []) if r.ml is not None), run]
         self.pumps[pump] = self.pumps[pump].model_copy(update={"calibration_seconds": None if cut else seconds})
         if cut:
-            log.warning("the calibrate run of pump %d was cut (%s): how long it ran is not known; calibrate again", pump, cut)
+            log.warning(
+                "the calibrate run of pump %d was cut (%s): how long it ran is not known; calibrate again", pump, cut
+            )
 
     # ---- what clients set -------------------------------------------------------------------
 
@@ -120,7 +122,9 @@ class PumpBook:
         """The ml the pump's last calibrate run poured: a point; its law is fitted again to all."""
         runs = self._runs.get(pump, [])
         if not runs:
-            raise BadMessage(f"set_flow: pump {pump} has no calibration run; send calibrate first, then the ml it poured")
+            raise BadMessage(
+                f"set_flow: pump {pump} has no calibration run; send calibrate first, then the ml it poured"
+            )
         last = runs[-1]
         if last.cut:
             raise BadMessage(
@@ -166,12 +170,14 @@ class PumpBook:
         if flow is not None:
             log.warning(
                 "pump %d: the stored flow %g ml/s is not plausible (%g to %g ml/s), so the config's %g ml/s is"
-                " used; calibrate it again", pump, flow, MIN_FLOW_ML_S, MAX_FLOW_ML_S, self._config.pumps[pump].flow_ml_s
+                " used; calibrate it again",
+                pump, flow, MIN_FLOW_ML_S, MAX_FLOW_ML_S, self._config.pumps[pump].flow_ml_s,
             )
         return {**self._uncalibrated(pump), **last}
 
     def _uncalibrated(self, pump: int) -> dict[str, Any]:
-        return {"flow_ml_s": self._config.pumps[pump].flow_ml_s, "dead_s": 0.0, "points": [], "calibration_seconds": None}
+        flow = self._config.pumps[pump].flow_ml_s
+        return {"flow_ml_s": flow, "dead_s": 0.0, "points": [], "calibration_seconds": None}
 
     @staticmethod
     def _fitted(runs: list[Run]) -> dict[str, Any]:
@@ -186,7 +192,7 @@ class PumpBook:
             "flow_ml_s": result.law.flow_ml_s,
             "dead_s": result.law.dead_s,
             "points": [
-                CalibrationPoint(seconds=p.seconds, ml=p.ml, taken=p.taken, residual_ml=round(residual, 3))
+                CalibrationPoint(seconds=p.seconds, ml=cast(float, p.ml), taken=p.taken, residual_ml=round(residual, 3))
                 for p, residual in zip(points, result.residuals_ml)
             ],
         }

@@ -18,6 +18,7 @@ from .config import Config
 from .drivers.base import Driver
 from .errors import BarmaidError, Busy, PumpsUnavailable, TokenRequired, error_code
 from .machine import Controller, Event, Progress
+from .outcomes import ActionKind
 from .protocol import (
     Done,
     Echo,
@@ -50,7 +51,10 @@ def event_frames(event: Event) -> tuple[str, str]:
     """The frames of a controller event: for a seed-only client, and for one of the extended protocol."""
     if isinstance(event, Progress):
         frame = Status(
-            remaining_time=event.remaining, action=event.kind, initial_time=event.initial, outcome=event.outcome
+            remaining_time=event.remaining,
+            action=ActionKind(event.kind),
+            initial_time=event.initial,
+            outcome=event.outcome,
         ).frame()
         return frame, frame
     msg = f"pump hardware lost: {event.reason}; the {event.kind} was stopped"

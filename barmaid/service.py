@@ -20,8 +20,8 @@ sandboxed (no devices, no capabilities, read-only system); `systemd-analyze secu
 well under 2.5. It has no `ProcSubset=pid`: that hides /proc/sys, and with it
 /proc/sys/kernel/random/boot_id, which the store stamps each pour's monotonic start with; without
 it a restarted barmaid could never trust that start, so it would never adopt the pour a crash left
-playing in the daemon. /proc/sys stays read-only (ProtectKernelTunables). systemd documents every directive used here in systemd.exec(5), systemd.service(5)
-and systemd.unit(5).
+playing in the daemon. /proc/sys stays read-only (ProtectKernelTunables). systemd documents every
+directive used here in systemd.exec(5), systemd.service(5) and systemd.unit(5).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ import struct
 import threading
 import time
 from abc import abstractmethod
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, Optional
 
 from ..config import DriverConfig
 from ..errors import PumpsUnavailable
@@ -93,6 +94,11 @@ class DaemonDriver(Driver):
     ERROR: ClassVar[type[Exception]]
     #: Errors of the subclass's own that mean "the pumps did not go off".
     FAULTS: ClassVar[tuple[type[Exception], ...]] = ()
+
+    @classmethod
+    def _faults(cls) -> tuple[type[BaseException], ...]:
+        """Everything a daemon's answer (or its absence) can raise: an error reply, a fault, a loss."""
+        return (cls.ERROR, *cls.FAULTS, *LOST)
     log: ClassVar[logging.Logger]
 
     def __init__(self, gpios: Sequence[int], max_pump_seconds: float, config: DriverConfig) -> None:
@@ -166,7 +172,7 @@ class DaemonDriver(Driver):
             return f"{cls.DAEMON} at {host}:{port}: " + cls._force_off(conn, gpios, off_level, wait_for_pour_s)
         except Unreachable as exc:
             raise PumpsUnavailable(cls._unavailable(host, port, str(exc))) from None
-        except (cls.ERROR, *cls.FAULTS, *LOST) as exc:
+        except cls._faults() as exc:
             raise PumpsUnavailable(
                 f"{cls.DAEMON} at {host}:{port} did not switch the pumps off: {exc.__class__.__name__}: {exc}"
             ) from None
@@ -210,7 +216,7 @@ class DaemonDriver(Driver):
             if conn is not None:
                 self._close_conn(conn)
             return self._unreachable(str(exc))
-        except (self.ERROR, *self.FAULTS, *LOST) as exc:
+        except self._faults() as exc:
             if conn is not None:
                 self._close_conn(conn)
             return self._unreachable(f"setting the pump pins failed: {exc.__class__.__name__}: {exc}")

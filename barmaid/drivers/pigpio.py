@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import pigpio
 

@@ -21,7 +21,8 @@ import atexit
 import logging
 import socket
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import rgpio
 

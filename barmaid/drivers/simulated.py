@@ -1,6 +1,7 @@
 """Simulated pumps: the default backend, so a GUI can be built anywhere without a Raspberry Pi.
 
-It times pours by its clock (barmaid.clock: real, or fake in tests), as a pump daemon would, and keeps a timeline of every
+It times pours by its clock (barmaid.clock: real, or fake in tests), as a pump daemon would, and
+keeps a timeline of every
 switch `(time, pump, on)` that tests assert on. Given each pump's truth (`pumps[i].sim` in the
 config: flow, start-up time, noise), it also counts what each pump really poured, so a
 calibration can be run against a pump whose behaviour the controller does not know.
@@ -11,7 +12,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
 
 from ..calibration import Law
 from ..clock import Clock, RealClock, Timer
