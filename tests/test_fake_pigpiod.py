@@ -13,25 +13,16 @@ import pigpio
 import pytest
 
 from conftest import eventually
-
-try:
-    from fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
-except ImportError:  # tests/ imported as a package
-    from tests.fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
+from fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
+from support.timing import allowance
 
 PUMP_A, PUMP_B, SENSOR = 17, 27, 22
 DISCONNECTED = (struct.error, OSError)  # what the client raises on a dead daemon
-TOLERANCE = 0.002  # seconds
 
 
 def _allowance(fake):
-    """2 ms plus how late the fake's wave player ran behind its deadlines.
-
-    The lateness is normally well under 0.1 ms; only a machine too busy to
-    schedule the player thread adds more, and then the assertion still
-    checks that the pulses were scheduled at the right times.
-    """
-    return TOLERANCE + fake.max_lateness()
+    """The suite's tolerance plus how late the fake's wave player ran behind its deadlines."""
+    return allowance(fake.max_lateness())
 
 
 def _stop(pi):

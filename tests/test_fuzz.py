@@ -22,7 +22,7 @@ from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.protocol import REQUESTS, Echo, parse, read_frame
 from barmaid.server import BarmaidServer
 from conftest import Peer, close_quickly, fast_pumps, is_final_status
-from test_transport import RawClient, rss_bytes, wait_until
+from support.rawws import RawClient, rss_bytes, wait_until
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,8 +19,9 @@ import pytest
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import Config, load_config
 from conftest import Peer, fast_pumps
+from support import processes
+from support.processes import ROOT  # noqa: F401 (re-exported for the driver tests)
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +60,7 @@ def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
 @contextmanager
 def barmaid_process(config_path: Path, *args: str) -> Iterator[subprocess.Popen]:
     """`python -m barmaid serve --config PATH [args]`, once it says it listens; killed at the end."""
-    command = [sys.executable, "-m", "barmaid", "serve", "--config", str(config_path), *args]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process = processes.spawn("serve", "--config", str(config_path), *args)
     try:
         if not any("listening" in line for line in process.stderr):
             raise AssertionError(f"barmaid did not start: exit status {process.wait(5)}")
