@@ -28,6 +28,7 @@ from barmaid.server import BarmaidServer
 from barmaid.transport import Client, Transport
 
 from conftest import Peer, close_quickly, eventually, fast_pumps
+from support.timing import TOLERANCE
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: No downloaded browser: Debian's, without anything that reaches out to the network.
@@ -323,7 +324,7 @@ def test_levels_and_timeline_after_a_blend_from_another_screen(open_panel, barma
     bars = drawn_bars(page)
     assert [b["pump"] for b in bars] == [1, 5]
     assert [b["planned"] for b in bars] == pytest.approx([0.2, 0.3], abs=0.01)
-    assert [b["actual"] for b in bars] == pytest.approx([0.2, 0.3], abs=0.01)
+    assert [b["actual"] for b in bars] == pytest.approx([0.2, 0.3], abs=TOLERANCE)
     assert bars[1]["planned_px"] > bars[0]["planned_px"]
 
 

@@ -26,6 +26,7 @@ from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_st
 from fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
 from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
 from support.daemons import ROOT, barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
+from support.timing import allowance
 
 
 @pytest.fixture
@@ -286,7 +287,7 @@ def test_connecting_leaves_a_pour_found_playing_alone_until_it_ends(driver, daem
     assert daemon.wave_busy()
     assert daemon.wait_for(lambda: not daemon.wave_busy(), 2.0)
     assert eventually(lambda: d.available and not d.playing(), 2.0)
-    assert daemon.on_durations(PUMP_0) == [pytest.approx(0.8, abs=0.01 + daemon.max_lateness())]
+    assert daemon.on_durations(PUMP_0) == [pytest.approx(0.8, abs=allowance(daemon.max_lateness()))]
     assert all(daemon.modes()[g] == pigpio.OUTPUT and daemon.level(g) == 0 for g in DEFAULT_GPIOS)
 
 
@@ -326,7 +327,7 @@ def test_sigkill_mid_pour_cannot_stretch_it_the_daemon_stops_the_pumps_on_time(d
         sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
         for gpio in DEFAULT_GPIOS[:2]:
-            assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=0.002)]
+            assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=allowance(daemon.max_lateness()))]
         assert all(daemon.level(g) == 0 for g in DEFAULT_GPIOS)
 
 

@@ -24,6 +24,7 @@ from conftest import Peer, assert_countdown, eventually, is_final_status, status
 from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
 from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
 from support.daemons import barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
+from support.timing import TOLERANCE
 
 ALL_OFF = {g: 0 for g in DEFAULT_GPIOS}
 
@@ -329,5 +330,5 @@ def test_sigkill_mid_pour_cannot_stretch_it_rgpiod_stops_the_pumps_on_time(daemo
         sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
         for gpio in DEFAULT_GPIOS[:2]:
-            assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=0.005)]
+            assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=TOLERANCE)]
         assert levels(daemon) == ALL_OFF
