@@ -7,6 +7,7 @@ gets exactly one answer, no invalid one moves a pump, and the connection goes on
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -24,7 +25,9 @@ from barmaid.server import BarmaidServer
 from conftest import Peer, close_quickly, fast_pumps, is_final_status
 from support.rawws import RawClient, rss_bytes, wait_until
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Examples per fuzz test: 60 keeps the suite quick; a deeper run sets BARMAID_FUZZ_EXAMPLES=1000.
+EXAMPLES = int(os.environ.get("BARMAID_FUZZ_EXAMPLES", "60"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = (
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
