@@ -39,7 +39,3 @@ def allowance(lateness: float = 0.0) -> float:
     `max_lateness()`): a late player is the test machine's fault, not the driver's."""
     return TOLERANCE + lateness
 
-
-def scaled(seconds: float) -> float:
-    """A timeout (how long to wait for something that should happen) scaled by TIME_FACTOR."""
-    return seconds * TIME_FACTOR
