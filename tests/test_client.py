@@ -3,12 +3,11 @@ speaks the protocol with request ids (replies out of order, pushes of the same t
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

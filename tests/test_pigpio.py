@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pigpio
 import pytest
 
 import barmaid.drivers.daemon as daemon_driver
-from barmaid.config import DEFAULT_GPIOS, DriverConfig, load_config
+from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import PourRejected, PumpsUnavailable
 from barmaid.server import BarmaidServer
-from conftest import Peer, assert_countdown, eventually, fast_pumps, is_final_status, status_times
+from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
 from fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
 from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
-from support.daemons import ROOT, barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
+from support.daemons import barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
 from support.timing import allowance
 
 

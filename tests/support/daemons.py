@@ -20,7 +20,6 @@ import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import Config, load_config
 from conftest import Peer, fast_pumps
 from support import processes
-from support.processes import ROOT  # noqa: F401 (re-exported for the driver tests)
 
 
 
