@@ -24,7 +24,7 @@ from barmaid.store import FILENAME, PumpRecord, Store
 from conftest import Peer
 from support.daemons import free_port
 from support.processes import ROOT, barmaid_process  # noqa: F401 (barmaid_process: a fixture)
-from support.rig import ask_state, blend, history, is_state, is_type, levels, on_times, pumps_with, set_level
+from support.rig import ask_state, blend, history, is_state, is_type, levels, pumps_with, set_level
 from support.rig import make_rig  # noqa: F401 (a fixture)
 from support.timing import TOLERANCE
 
@@ -199,8 +199,8 @@ def test_levels_calibrated_flows_and_history_survive_a_restart(make_rig, tmp_pat
     assert [(p["action"], p["outcome"]) for p in history(peer)] == [("blend", "completed"), ("calibrate", "completed")]
     # The calibrated flow is used by the restarted server: 30 ml at 300 ml/s.
     peer.send(blend(0.03, {"1": 1}))
-    peer.recv_until(is_state("idle"))
-    assert on_times(second.driver)[1] == pytest.approx(0.1, abs=TOLERANCE)
+    [started] = [m for m in peer.recv_until(is_state("idle")) if m["type"] == "started"]
+    assert started["data"]["seconds"] == pytest.approx(0.1)  # 0.075 at the configured 400 ml/s
 
 
 def test_history_returns_pours_newest_first_with_planned_and_poured_ml_and_the_outcome(make_rig):
