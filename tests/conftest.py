@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ import jsonschema
 import pytest
 import websocket
 import yaml
+from support.processes import ENV
 from websocket_server import WebsocketServer
 
 from barmaid.clock import Clock
@@ -25,6 +27,9 @@ from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.machine import Controller, Event
 from barmaid.protocol import schema
 from barmaid.server import BarmaidServer, event_frames
+
+#: Every child process of the suite imports the working tree's barmaid, not an installed copy.
+os.environ["PYTHONPATH"] = ENV["PYTHONPATH"]
 
 #: Longest wait for one expected message; a healthy server answers in milliseconds.
 RECV_TIMEOUT = 3.0
@@ -71,7 +76,7 @@ def is_final_status(message: dict[str, Any]) -> bool:
 
 
 def assert_countdown(times: list[int], seconds: float) -> None:
-    """Statuses as issue 2 wants them: ceil(seconds) first, never increasing, one 0, last."""
+    """Statuses as the protocol wants them: ceil(seconds) first, never increasing, one 0, last."""
     assert times, "no status message"
     assert times[0] == math.ceil(seconds), times
     assert all(later <= earlier for earlier, later in zip(times, times[1:])), times

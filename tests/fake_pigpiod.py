@@ -65,7 +65,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional
 
 from support.loopback import accept_each, listen
 
@@ -159,7 +159,7 @@ _REQ = struct.Struct("<IIII")
 _REPORT = struct.Struct("<HHII")
 _JOIN_TIMEOUT = 2.0
 
-Pulse = Tuple[int, int, int]  # (gpio_on mask, gpio_off mask, delay in us)
+Pulse = tuple[int, int, int]  # (gpio_on mask, gpio_off mask, delay in us)
 
 
 def _delay_cbs(delay: int) -> int:
@@ -167,7 +167,7 @@ def _delay_cbs(delay: int) -> int:
     return 1 if delay else 0
 
 
-def wave_resources(pulses: List[Pulse]) -> Tuple[int, int]:
+def wave_resources(pulses: list[Pulse]) -> tuple[int, int]:
     """(control blocks, on/off words) a created wave needs, as waveCBsOOLs()."""
     cbs, ools = 1, 0  # one delay CB at the start of the DMA chain
     for on, off, delay in pulses:
@@ -176,14 +176,14 @@ def wave_resources(pulses: List[Pulse]) -> Tuple[int, int]:
     return cbs, ools
 
 
-def merge_pulses(in1: List[Pulse], in2: List[Pulse]) -> Tuple[List[Pulse], int, int]:
+def merge_pulses(in1: list[Pulse], in2: list[Pulse]) -> tuple[list[Pulse], int, int]:
     """Interleave two pulse lists in time, as rawWaveAddGeneric() does.
 
     Returns (merged pulses, total micros, control blocks excluding the
     start CB); pulses due at the same time are ORed into one.
     """
     none = 1 << 64
-    out: List[List[int]] = []
+    out: list[list[int]] = []
     n1, n2 = len(in1), len(in2)
     i1 = i2 = 0
     t_now = t_max = 0
@@ -236,7 +236,7 @@ def merge_pulses(in1: List[Pulse], in2: List[Pulse]) -> Tuple[List[Pulse], int, 
 
 @dataclass
 class _Wave:
-    pulses: List[Pulse]
+    pulses: list[Pulse]
     num_cb: int
     num_bool: int
     bot_cb: int
@@ -250,15 +250,15 @@ class _Tx:
     """The wave being sent; replaced (never reused) on every new send."""
 
     wave_id: int
-    pulses: List[Pulse]
+    pulses: list[Pulse]
     repeat: bool
     stop: threading.Event = field(default_factory=threading.Event)
-    next: Optional[Tuple[int, List[Pulse], bool]] = None  # queued by a SYNC send
+    next: Optional[tuple[int, list[Pulse], bool]] = None  # queued by a SYNC send
 
 
 @dataclass
 class _Notify:
-    conn: "_Conn"
+    conn: _Conn
     bits: int = 0
     running: bool = False
     seq: int = 0
@@ -268,11 +268,11 @@ class _Notify:
 class _Faults:
     """Armed faults: each fires once. See the module docstring."""
 
-    hang_after: List[int] = field(default_factory=list)
-    hang_at: List[int] = field(default_factory=list)
-    drop_at: List[int] = field(default_factory=list)
-    drop_between: List[Tuple[int, int]] = field(default_factory=list)
-    fail: List[Tuple[int, int]] = field(default_factory=list)
+    hang_after: list[int] = field(default_factory=list)
+    hang_at: list[int] = field(default_factory=list)
+    drop_at: list[int] = field(default_factory=list)
+    drop_between: list[tuple[int, int]] = field(default_factory=list)
+    fail: list[tuple[int, int]] = field(default_factory=list)
 
 
 class _Conn:
@@ -282,7 +282,7 @@ class _Conn:
         self.id = cid
         self.sock = sock
         self.last_cmd: Optional[int] = None
-        self.out: "queue.SimpleQueue[Optional[bytes]]" = queue.SimpleQueue()
+        self.out: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
         self.reader: Optional[threading.Thread] = None
         self.writer = threading.Thread(
             target=self._write_loop, name=f"fake-pigpiod-{port}-send-{cid}", daemon=True
@@ -339,21 +339,21 @@ class FakePigpiod:
         self._outputs = 0
         self._latch = 0
         self._inputs = 0
-        self._history: List[Tuple[float, int, int]] = []
+        self._history: list[tuple[float, int, int]] = []
         self._max_lateness = 0.0
-        self._commands: List[Tuple[float, int, int, int, int]] = []
+        self._commands: list[tuple[float, int, int, int, int]] = []
         # waves
         self._tx: Optional[_Tx] = None
-        self._players: List[threading.Thread] = []
+        self._players: list[threading.Thread] = []
         self._player_seq = 0
         self._reset_waves()
         # network
         self._listener: Optional[socket.socket] = None
         self._accept_thread: Optional[threading.Thread] = None
-        self._conns: Dict[int, _Conn] = {}
+        self._conns: dict[int, _Conn] = {}
         self._conn_seq = 0
-        self._notify: Dict[int, _Notify] = {}
-        self._handlers: Dict[int, Callable[[_Conn, int, int, bytes], int]] = {
+        self._notify: dict[int, _Notify] = {}
+        self._handlers: dict[int, Callable[[_Conn, int, int, bytes], int]] = {
             CMD_MODES: self._cmd_modes,
             CMD_MODEG: self._cmd_modeg,
             CMD_PUD: self._cmd_pud,
@@ -388,7 +388,7 @@ class FakePigpiod:
 
     # --- lifecycle -----------------------------------------------------------
 
-    def start(self) -> "FakePigpiod":
+    def start(self) -> FakePigpiod:
         """Listen (again) on host:port; port 0 picks a free one, kept for restarts."""
         with self._lock:
             if self._listener is not None:
@@ -421,7 +421,7 @@ class FakePigpiod:
         self.stop()
         self.start()
 
-    def __enter__(self) -> "FakePigpiod":
+    def __enter__(self) -> FakePigpiod:
         if self._listener is None:
             self.start()
         return self
@@ -510,7 +510,7 @@ class FakePigpiod:
 
     # --- inspection helpers for tests ----------------------------------------
 
-    def levels(self) -> Dict[int, int]:
+    def levels(self) -> dict[int, int]:
         """Current level of every GPIO 0-53."""
         bits = self._level_bits()
         return {g: (bits >> g) & 1 for g in range(NUM_GPIO)}
@@ -518,11 +518,11 @@ class FakePigpiod:
     def level(self, gpio: int) -> int:
         return (self._level_bits() >> gpio) & 1
 
-    def modes(self) -> Dict[int, int]:
+    def modes(self) -> dict[int, int]:
         with self._lock:
             return dict(enumerate(self._modes))
 
-    def history(self, gpio: Optional[int] = None) -> List[Tuple[float, int, int]]:
+    def history(self, gpio: Optional[int] = None) -> list[tuple[float, int, int]]:
         """Level changes as (time.monotonic(), gpio, new level), oldest first."""
         with self._lock:
             if gpio is None:
@@ -545,7 +545,7 @@ class FakePigpiod:
         with self._lock:
             return self._max_lateness
 
-    def on_durations(self, gpio: int) -> List[float]:
+    def on_durations(self, gpio: int) -> list[float]:
         """Seconds each completed high period of gpio lasted, from history."""
         out, t_on = [], None
         for t, _, lvl in self.history(gpio):
@@ -581,17 +581,17 @@ class FakePigpiod:
         with self._lock:
             return None if self._tx is None else self._tx.wave_id
 
-    def wave_pulses(self, wave_id: int) -> List[Pulse]:
+    def wave_pulses(self, wave_id: int) -> list[Pulse]:
         """Pulses of a created wave (after merging), as sent by the client."""
         with self._lock:
             return list(self._waves[wave_id].pulses)
 
-    def pending_pulses(self) -> List[Pulse]:
+    def pending_pulses(self) -> list[Pulse]:
         """Pulses added since the last WVCRE/WVNEW/WVCLR."""
         with self._lock:
             return list(self._pending)
 
-    def command_log(self) -> List[Tuple[float, int, int, int, int]]:
+    def command_log(self) -> list[tuple[float, int, int, int, int]]:
         """Executed requests as (time, cmd, p1, p2, result)."""
         with self._lock:
             return list(self._commands)
@@ -841,8 +841,8 @@ class FakePigpiod:
 
     def _reset_waves(self) -> None:
         # gpioWaveClear(), without stopping a wave being sent (as the daemon)
-        self._pending: List[Pulse] = []
-        self._waves: List[_Wave] = []
+        self._pending: list[Pulse] = []
+        self._waves: list[_Wave] = []
         self._next_cb = _WAVE_FIRST_CB
         self._next_ool = _WAVE_FIRST_OOL
         self._top_ool = _NUM_WAVE_OOL
@@ -1048,7 +1048,7 @@ class FakePigpiod:
             start = end
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Fake pigpio daemon for tests.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8888)

@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional
 
 from support.loopback import accept_each, listen
 
@@ -75,11 +75,11 @@ PI5_CHIPS = {0: ("pinctrl-rp1", 54), 10: ("gpio-brcmstb@107d508500", 32), 11: ("
 class Board:
     """The hardware: line levels per (chip, line) and their history, surviving the daemon."""
 
-    def __init__(self, chips: Optional[Dict[int, Tuple[str, int]]] = None) -> None:
+    def __init__(self, chips: Optional[dict[int, tuple[str, int]]] = None) -> None:
         self.chips = dict(chips or PI5_CHIPS)
         self.lock = threading.Lock()
-        self.levels: Dict[Tuple[int, int], int] = {}
-        self.events: List[Tuple[float, int, int, int]] = []  # (t, chip, line, level)
+        self.levels: dict[tuple[int, int], int] = {}
+        self.events: list[tuple[float, int, int, int]] = []  # (t, chip, line, level)
 
     def write(self, chip: int, line: int, level: int, t: float) -> None:
         if self.levels.get((chip, line), 0) != level:
@@ -94,7 +94,7 @@ class _Chip:
     user: str = "default"
     share: int = 0
     #: leader line -> its group's lines, in order
-    groups: Dict[int, List[int]] = field(default_factory=dict)
+    groups: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class _Notify:
 class _Wave:
     handle: int
     leader: int
-    queue: List[List[Tuple[int, int, int]]]
+    queue: list[list[tuple[int, int, int]]]
     pos: int = 0
     due: int = 0
     active: bool = True
@@ -130,10 +130,10 @@ class FakeRgpiod:
         self.port = port
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._conns: Dict[int, _Conn] = {}
-        self._handles: List[Optional[object]] = [None] * SLOTS
-        self._claims: Dict[Tuple[int, int], int] = {}  # (chip, line) -> handle
-        self._waves: List[_Wave] = []
+        self._conns: dict[int, _Conn] = {}
+        self._handles: list[Optional[object]] = [None] * SLOTS
+        self._claims: dict[tuple[int, int], int] = {}  # (chip, line) -> handle
+        self._waves: list[_Wave] = []
         self._owners = 0
         self._running = False
         self._listener: Optional[socket.socket] = None
@@ -141,13 +141,13 @@ class FakeRgpiod:
         self._next_pass = 0
         self._resumed = threading.Event()
         self._resumed.set()
-        self._faults: List[Tuple[str, int, int]] = []  # (kind, cmd, code)
-        self.commands: List[Tuple[int, int]] = []  # (owner, cmd) of every command executed
-        self.waves: List[List[Tuple[int, int, int]]] = []  # the pulses of every wave accepted
+        self._faults: list[tuple[str, int, int]] = []  # (kind, cmd, code)
+        self.commands: list[tuple[int, int]] = []  # (owner, cmd) of every command executed
+        self.waves: list[list[tuple[int, int, int]]] = []  # the pulses of every wave accepted
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "FakeRgpiod":
+    def start(self) -> FakeRgpiod:
         listener = listen("127.0.0.1", self.port)
         self.port = listener.getsockname()[1]
         with self._lock:
@@ -176,7 +176,7 @@ class FakeRgpiod:
 
     stop = kill
 
-    def __enter__(self) -> "FakeRgpiod":
+    def __enter__(self) -> FakeRgpiod:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -225,7 +225,7 @@ class FakeRgpiod:
             self._advance()
             return self.board.levels.get((self._chip(chip), line), 0)
 
-    def history(self, chip: Optional[int] = None) -> List[Tuple[float, int, int]]:
+    def history(self, chip: Optional[int] = None) -> list[tuple[float, int, int]]:
         """(time.monotonic(), line, level) of every change on the chip so far."""
         with self._lock:
             self._advance()
@@ -241,7 +241,7 @@ class FakeRgpiod:
         """Always 0: waves play in virtual microseconds, each level change at its exact instant."""
         return 0.0
 
-    def on_durations(self, line: int, chip: Optional[int] = None) -> List[float]:
+    def on_durations(self, line: int, chip: Optional[int] = None) -> list[float]:
         """Seconds of every completed high period of the line."""
         out, since = [], None
         for t, g, level in self.history(chip):
@@ -258,13 +258,13 @@ class FakeRgpiod:
             self._advance()
             return any(w.active for w in self._waves)
 
-    def handles(self) -> Dict[int, Tuple[str, int, int]]:
+    def handles(self) -> dict[int, tuple[str, int, int]]:
         """handle -> (kind, owner, share) of every open handle."""
         with self._lock:
             kinds = {_Chip: "chip", _Notify: "notify"}
             return {h: (kinds[type(o)], o.owner, o.share) for h, o in enumerate(self._handles) if o}
 
-    def claimed(self) -> Dict[int, int]:
+    def claimed(self) -> dict[int, int]:
         """line of the RP1 chip -> handle that claims it."""
         with self._lock:
             return {line: h for (c, line), h in self._claims.items() if c == self._chip(None)}
@@ -303,7 +303,7 @@ class FakeRgpiod:
                 header = _recv_exact(conn.sock, HEADER.size)
                 if header is None:
                     break
-                _, size, cmd, q, l, h = HEADER.unpack(header)
+                _, size, cmd, q, lo, hi = HEADER.unpack(header)
                 if size >= MAX_EXTENSION - HEADER.size:
                     break  # "message too large": the daemon ends the connection
                 ext = _recv_exact(conn.sock, size) if size else b""
@@ -327,7 +327,7 @@ class FakeRgpiod:
                     continue
                 if fault and fault[0] == "lost":
                     break
-                conn.sock.sendall(HEADER.pack(status & 0xFFFFFFFF, len(data), cmd, q, l, h) + data)
+                conn.sock.sendall(HEADER.pack(status & 0xFFFFFFFF, len(data), cmd, q, lo, hi) + data)
                 if fault and fault[0] == "drop":
                     break
         except OSError:
@@ -335,7 +335,7 @@ class FakeRgpiod:
         finally:
             self._close(conn)
 
-    def _take_fault(self, cmd: int) -> Optional[Tuple[str, int, int]]:
+    def _take_fault(self, cmd: int) -> Optional[tuple[str, int, int]]:
         with self._lock:
             for fault in self._faults:
                 if fault[1] == cmd:
@@ -353,7 +353,7 @@ class FakeRgpiod:
 
     # ---- commands (lgExecCmd) ---------------------------------------------------------------
 
-    def _execute(self, conn: _Conn, cmd: int, ext: bytes) -> Tuple[int, bytes]:
+    def _execute(self, conn: _Conn, cmd: int, ext: bytes) -> tuple[int, bytes]:
         n = len(ext) // 4
         args = struct.unpack(f"<{n}I", ext[: n * 4])
         if cmd == GO:
@@ -385,7 +385,7 @@ class FakeRgpiod:
         if cmd == GGWX:
             bits, mask, handle, leader = struct.unpack("<QQII", ext)
             return self._chip_cmd(conn, handle, lambda chip: self._group_write(chip, leader, bits, mask))
-        handlers: Dict[int, Callable[[_Chip], Tuple[int, bytes]]] = {
+        handlers: dict[int, Callable[[_Chip], tuple[int, bytes]]] = {
             GC: lambda chip: self._close_chip(args[0]),
             GIC: lambda chip: self._chip_info(chip),
             GMODE: lambda chip: (self._mode(args[0], chip, args[1]), b""),
@@ -406,7 +406,7 @@ class FakeRgpiod:
                 return handle
         return -4  # NO_HANDLE
 
-    def _get(self, conn: _Conn, handle: int, kind: type) -> Tuple[int, object]:
+    def _get(self, conn: _Conn, handle: int, kind: type) -> tuple[int, object]:
         """lgHdlGetLockedObj: the object, if this connection may use it."""
         obj = self._handles[handle] if 0 <= handle < SLOTS else None
         if not isinstance(obj, kind):
@@ -415,7 +415,7 @@ class FakeRgpiod:
             return NO_PERMISSIONS, None
         return OKAY, obj
 
-    def _chip_cmd(self, conn: _Conn, handle: int, run: Callable[[_Chip], Tuple[int, bytes]]) -> Tuple[int, bytes]:
+    def _chip_cmd(self, conn: _Conn, handle: int, run: Callable[[_Chip], tuple[int, bytes]]) -> tuple[int, bytes]:
         status, chip = self._get(conn, handle, _Chip)
         return run(chip) if status == OKAY else (status, b"")
 
@@ -433,7 +433,7 @@ class FakeRgpiod:
             return CANNOT_OPEN_CHIP
         return self._alloc(_Chip(number, conn.owner, conn.user))
 
-    def _close_chip(self, handle: int) -> Tuple[int, bytes]:
+    def _close_chip(self, handle: int) -> tuple[int, bytes]:
         chip = self._handles[handle]
         for leader in list(chip.groups):
             self._release(chip, leader)
@@ -448,7 +448,7 @@ class FakeRgpiod:
                 else:
                     self._handles[handle] = None
 
-    def _chip_info(self, chip: _Chip) -> Tuple[int, bytes]:
+    def _chip_info(self, chip: _Chip) -> tuple[int, bytes]:
         label, lines = self.board.chips[chip.number]
         data = struct.pack("<I32s32s", lines, f"gpiochip{chip.number}".encode(), label.encode())
         return len(data), data
@@ -464,7 +464,7 @@ class FakeRgpiod:
         mine = self._claims[chip.number, line] == handle
         return IS_KERNEL | IS_OUTPUT | ((lg << 8) if mine else 0)
 
-    def _claim(self, handle: int, chip: _Chip, lines: Tuple[int, ...], levels: Tuple[int, ...]) -> Tuple[int, bytes]:
+    def _claim(self, handle: int, chip: _Chip, lines: tuple[int, ...], levels: tuple[int, ...]) -> tuple[int, bytes]:
         count = self.board.chips[chip.number][1]
         if not lines or len(lines) > 64:
             return BAD_GROUP_SIZE, b""
@@ -479,7 +479,7 @@ class FakeRgpiod:
             self.board.write(chip.number, line, 1 if level else 0, now)
         return OKAY, b""
 
-    def _group(self, chip: _Chip, leader: int) -> Tuple[int, List[int]]:
+    def _group(self, chip: _Chip, leader: int) -> tuple[int, list[int]]:
         if leader >= self.board.chips[chip.number][1]:
             return BAD_GPIO_NUMBER, []
         if leader in chip.groups:
@@ -488,7 +488,7 @@ class FakeRgpiod:
             return NOT_GROUP_LEADER, []
         return GPIO_NOT_ALLOCATED, []
 
-    def _free_group(self, chip: _Chip, leader: int) -> Tuple[int, bytes]:
+    def _free_group(self, chip: _Chip, leader: int) -> tuple[int, bytes]:
         status, _ = self._group(chip, leader)
         if status == OKAY:
             self._release(chip, leader)
@@ -502,26 +502,26 @@ class FakeRgpiod:
         for line in chip.groups.pop(leader):
             self._claims.pop((chip.number, line), None)
 
-    def _group_read(self, chip: _Chip, leader: int) -> Tuple[int, bytes]:
+    def _group_read(self, chip: _Chip, leader: int) -> tuple[int, bytes]:
         status, lines = self._group(chip, leader)
         if status != OKAY:
             return status, b""
         bits = sum(self.board.levels.get((chip.number, line), 0) << i for i, line in enumerate(lines))
         return 12, struct.pack("<QI", bits, len(lines))
 
-    def _group_write(self, chip: _Chip, leader: int, bits: int, mask: int) -> Tuple[int, bytes]:
+    def _group_write(self, chip: _Chip, leader: int, bits: int, mask: int) -> tuple[int, bytes]:
         status, lines = self._group(chip, leader)
         if status != OKAY:
             return status, b""
         self._write(chip, lines, bits, mask, self._now_us())
         return len(lines), b""
 
-    def _write(self, chip: _Chip, lines: List[int], bits: int, mask: int, at_us: int) -> None:
+    def _write(self, chip: _Chip, lines: list[int], bits: int, mask: int, at_us: int) -> None:
         for i, line in enumerate(lines):
             if mask >> i & 1:
                 self.board.write(chip.number, line, bits >> i & 1, self._time(at_us))
 
-    def _wave(self, chip: _Chip, handle: int, leader: int, pulses: List[Tuple[int, int, int]]) -> Tuple[int, bytes]:
+    def _wave(self, chip: _Chip, handle: int, leader: int, pulses: list[tuple[int, int, int]]) -> tuple[int, bytes]:
         status, _ = self._group(chip, leader)
         if status != OKAY:
             return (GPIO_NOT_AN_OUTPUT if status == GPIO_NOT_ALLOCATED else status), b""
@@ -537,7 +537,7 @@ class FakeRgpiod:
         self.waves.append(pulses)
         return TX_BUF - 1, b""
 
-    def _busy(self, handle: int, chip: _Chip, leader: int, kind: int, busy: bool) -> Tuple[int, bytes]:
+    def _busy(self, handle: int, chip: _Chip, leader: int, kind: int, busy: bool) -> tuple[int, bytes]:
         if kind > TX_WAVE:
             return BAD_TX_TYPE, b""
         wave = next((w for w in self._waves if w.active and w.leader == leader and w.handle == handle), None)

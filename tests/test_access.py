@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import websocket
+from conftest import Peer, close_quickly, is_final_status
 
 from barmaid.config import Config
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.server import BarmaidServer
-from conftest import Peer, close_quickly, is_final_status
 
 TOKEN = "s3cret-party-token"
 BLEND = {"type": "blend", "data": {"cup_size": 0.01, "ratios": {"0": 1}}}

@@ -8,23 +8,29 @@ Also the daemon lost right after the pour was sent: counted as the most it can h
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
+from conftest import Peer, is_final_status, status_times
+from fake_pigpiod import FakePigpiod
+from fake_rgpiod import GWAVE, FakeRgpiod
+from support.daemons import (
+    barmaid_process,
+    blend,
+    daemon_config,
+    quick_reconnects,  # noqa: F401 (an autouse fixture)
+    sigkill_mid_pour,
+)
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import DEFAULT_GPIOS, load_config
 from barmaid.drivers import make_driver
 from barmaid.errors import PumpsUnavailable
 from barmaid.server import BarmaidServer
-from conftest import Peer, is_final_status, status_times
-from fake_pigpiod import FakePigpiod
-from fake_rgpiod import GWAVE, FakeRgpiod
-from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
-from support.daemons import barmaid_process, blend, daemon_config, sigkill_mid_pour
 
 #: ml per pump at FLOW ml/s: a pour long enough to outlive a restart of barmaid.
 FLOW = 100.0
@@ -85,28 +91,27 @@ def killed_mid_blend(config_path: Path, ml: float = ML) -> Iterator[float]:
 
 
 def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_once(kind, daemon, config_path):
-    with killed_mid_blend(config_path) as started:
-        with barmaid_process(config_path):
-            restarted = time.monotonic()
-            assert daemon.wave_busy(), "the pour ended before barmaid restarted: make it longer"
-            client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
-            client.send(blend(10))
-            messages = client.recv_until(lambda m: m["type"] == "error")
-            assert "Already blending ! Retry in" in messages[-1]["data"]["msg"]
-            messages += client.recv_until(is_final_status, timeout=SECONDS + 3)
-            times = status_times(messages)
-            assert times[-1] == 0 and times.count(0) == 1, times
-            assert times[0] <= SECONDS - (restarted - started) + 1, times
-            assert all(later <= earlier for earlier, later in zip(times, times[1:])), times
-            assert messages[-1]["data"].get("outcome") == "completed"
-            for pump in (0, 1):
-                assert daemon.on_durations(DEFAULT_GPIOS[pump]) == [pytest.approx(SECONDS, abs=TOLERANCE)]
-            pours = history(client)
-            assert [(p["action"], p["outcome"]) for p in pours] == [("blend", "completed")]
-            assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
-            client.send(blend(10))  # once the adopted pour has ended, the pumps are ours again
-            assert client.recv_until(is_final_status)[-1]["data"].get("outcome") == "completed"
-            assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
+    with killed_mid_blend(config_path) as started, barmaid_process(config_path):
+        restarted = time.monotonic()
+        assert daemon.wave_busy(), "the pour ended before barmaid restarted: make it longer"
+        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        client.send(blend(10))
+        messages = client.recv_until(lambda m: m["type"] == "error")
+        assert "Already blending ! Retry in" in messages[-1]["data"]["msg"]
+        messages += client.recv_until(is_final_status, timeout=SECONDS + 3)
+        times = status_times(messages)
+        assert times[-1] == 0 and times.count(0) == 1, times
+        assert times[0] <= SECONDS - (restarted - started) + 1, times
+        assert all(later <= earlier for earlier, later in zip(times, times[1:])), times
+        assert messages[-1]["data"].get("outcome") == "completed"
+        for pump in (0, 1):
+            assert daemon.on_durations(DEFAULT_GPIOS[pump]) == [pytest.approx(SECONDS, abs=TOLERANCE)]
+        pours = history(client)
+        assert [(p["action"], p["outcome"]) for p in pours] == [("blend", "completed")]
+        assert levels(client) == [pytest.approx(CAPACITY - ML)] * 2
+        client.send(blend(10))  # once the adopted pour has ended, the pumps are ours again
+        assert client.recv_until(is_final_status)[-1]["data"].get("outcome") == "completed"
+        assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
     with barmaid_process(config_path):  # and a second restart charges nothing again
         client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
         assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2

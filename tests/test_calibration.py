@@ -11,9 +11,11 @@ import logging
 import re
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
+from conftest import Peer, close_quickly, fast_pumps, is_final_status
+from fake_pigpiod import FakePigpiod
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run, fit
@@ -23,8 +25,6 @@ from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import BadMessage
 from barmaid.server import BarmaidServer
 from barmaid.store import Store
-from conftest import Peer, close_quickly, fast_pumps, is_final_status
-from fake_pigpiod import FakePigpiod
 
 
 def is_type(kind: str) -> Callable[[dict], bool]:
@@ -57,7 +57,7 @@ def start(write_config, data_dir):
     """Starts a BarmaidServer from a pump list, on simulated pumps unless given other hardware."""
     servers: list[BarmaidServer] = []
 
-    def make(pumps: list[dict[str, Any]] = None, hardware: Any = None, **extra: Any) -> BarmaidServer:
+    def make(pumps: Optional[list[dict[str, Any]]] = None, hardware: Any = None, **extra: Any) -> BarmaidServer:
         raw = {"server": {"host": "127.0.0.1", "status_interval": 0.05}, "pumps": pumps or fast_pumps(), **extra}
         config = load_config(write_config(raw, name=f"cal{len(servers)}.yaml"))
         config = config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})

@@ -1,12 +1,10 @@
-"""The `barmaid` command, run as `python -m barmaid` in a subprocess: diagram, config errors, serve."""
+"""The `barmaid` command, run from the working tree in a subprocess: diagram, config errors, serve."""
 
 from __future__ import annotations
 
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,21 +12,11 @@ from typing import Optional
 
 import pytest
 import websocket
+from support import processes
+from support.daemons import free_port
+from support.processes import PROCESS_TIMEOUT
 
-#: Start-up, one exchange and shutdown take well under a second; this only bounds a hang.
-PROCESS_TIMEOUT = 15.0
-
-
-def barmaid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "barmaid", *args], cwd=cwd, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+barmaid = processes.run
 
 
 class Serving:
@@ -38,13 +26,7 @@ class Serving:
         self.port = free_port()
         self.lines: list[str] = []
         self._listening = threading.Event()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            cwd=cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.proc = processes.spawn("serve", "--host", "127.0.0.1", "--port", str(self.port), *args, cwd=cwd)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if not self._listening.wait(PROCESS_TIMEOUT):
@@ -180,9 +162,6 @@ def test_serve_on_a_port_in_use_says_so_and_exits_1(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            capture_output=True, text=True, timeout=30,
-        )
+        result = barmaid("serve", "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

@@ -3,18 +3,17 @@ speaks the protocol with request ids (replies out of order, pushes of the same t
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from conftest import FAST_FLOW_ML_S, assert_countdown, close_quickly
 
 from barmaid.client import CannotConnect, Client, ConnectionLost, Refused
 from barmaid.server import BarmaidServer
-from conftest import FAST_FLOW_ML_S, assert_countdown, close_quickly
 
 TOKEN = "s3cret-party-token"
 
@@ -146,9 +145,8 @@ def test_nothing_listening_is_cannot_connect_naming_the_url():
 
 def test_a_server_with_no_room_is_cannot_connect_with_its_reason(server_with):
     server = server_with(max_clients=1)
-    with Client.connect(url(server)):
-        with pytest.raises(CannotConnect) as refused:
-            Client.connect(url(server))
+    with Client.connect(url(server)), pytest.raises(CannotConnect) as refused:
+        Client.connect(url(server))
     assert "close 1013" in str(refused.value) and "too many clients" in str(refused.value)
 
 
@@ -221,9 +219,8 @@ def test_a_server_that_never_answers_is_cannot_connect_not_a_hang(scripted):
 
 
 def test_with_codes_the_error_carries_code_and_retry_in(scripted):
-    with Client.connect(scripted(_with_ids).url) as client:
-        with pytest.raises(Refused) as refused:
-            client.run("blend", {"cup_size": 0.1, "ratios": {"0": 1}})
+    with Client.connect(scripted(_with_ids).url) as client, pytest.raises(Refused) as refused:
+        client.run("blend", {"cup_size": 0.1, "ratios": {"0": 1}})
     assert (refused.value.code, refused.value.retry_in) == ("busy", 4)
 
 
@@ -236,7 +233,6 @@ def test_with_started_the_action_skips_an_earlier_end_and_reports_the_outcome(sc
 
 
 def test_an_unknown_request_raises_refused_with_its_code(scripted):
-    with Client.connect(scripted(_with_ids).url) as client:
-        with pytest.raises(Refused) as refused:
-            client.request("reset_calibration", {"pump": 0})
+    with Client.connect(scripted(_with_ids).url) as client, pytest.raises(Refused) as refused:
+        client.request("reset_calibration", {"pump": 0})
     assert refused.value.code == "invalid"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,33 +18,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import FAST_FLOW_ML_S, Ran, assert_countdown, is_final_status, run_main
+from support import processes
+from support.processes import PROCESS_TIMEOUT, ROOT
 
 from barmaid.cli import main
 from barmaid.client import Client
 from barmaid.protocol import REQUESTS
 from barmaid.server import BarmaidServer
-from conftest import FAST_FLOW_ML_S, Ran, assert_countdown, is_final_status, run_main
 
-ROOT = Path(__file__).resolve().parent.parent
-#: A command connects, asks and exits in well under a second; this only bounds a hang.
-PROCESS_TIMEOUT = 20.0
 TOKEN = "s3cret-party-token"
-#: The working tree's barmaid, whatever is installed.
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def barmaid(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "barmaid", *args],
-        cwd=ROOT, env=ENV, input=stdin, capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
-    )
+    return processes.run(*args, stdin=stdin)
 
 
 def spawn(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "barmaid", *args],
-        cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return processes.spawn(*args, stdout=subprocess.PIPE)
 
 
 def url(server: BarmaidServer) -> str:
@@ -78,10 +68,11 @@ def client(server: BarmaidServer):
         yield connected
 
 
-def test_the_commands_run_from_the_working_tree():
+def test_every_subprocess_runs_the_working_tree(tmp_path):
+    """Also from another folder: conftest puts the checkout first on every child's PYTHONPATH."""
     found = subprocess.run(
         [sys.executable, "-c", "import barmaid; print(barmaid.__file__)"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+        cwd=tmp_path, capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
     )
     assert Path(found.stdout.strip()).parent == ROOT / "barmaid"
 
@@ -124,7 +115,7 @@ def test_watch_follows_state_and_statuses_until_ctrl_c(server, client):
     finally:
         watcher.kill()
         watcher.wait()
-    assert [m["data"]["state"] for m in seen if m["type"] == "state"][0] == "blending"
+    assert next(m["data"]["state"] for m in seen if m["type"] == "state") == "blending"
 
 
 # ---- pouring --------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_bad_config_raises_config_error_naming_file_key_and_value(write_config, 
 
 
 def test_missing_config_file_is_a_config_error_naming_it(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config file .*nowhere.yaml"):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nowhere\.yaml"):
         load_config(tmp_path / "nowhere.yaml")
 
 
@@ -186,7 +186,7 @@ def test_port_0_and_ipv6_hosts_are_accepted():
 def test_a_pump_may_have_a_name_of_up_to_40_characters(write_config):
     config = load_config(write_config({"pumps": [{"gpio": 5, "name": "white rum"}, {"gpio": 6}]}))
     assert [p.name for p in config.pumps] == ["white rum", None]
-    with pytest.raises(ConfigError, match="pumps.0.name = .*: must be text of at most 40 characters"):
+    with pytest.raises(ConfigError, match=r"pumps\.0\.name = .*: must be text of at most 40 characters"):
         load_config(write_config({"pumps": [{"gpio": 5, "name": "x" * 41}]}))
 
 

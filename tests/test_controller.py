@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import yaml
+from conftest import Broadcasts, fast_pumps, status_times
 
 from barmaid.clock import FakeClock
 from barmaid.config import load_config
@@ -20,7 +21,6 @@ from barmaid.errors import BottleTooLow, Busy, ConfigError, PourRejected
 from barmaid.machine import Controller, load_definition, states_file
 from barmaid.protocol import Limits, parse
 from barmaid.store import Store
-from conftest import Broadcasts, fast_pumps, status_times
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)
 #: With 400 ml/s pumps and prime_ml 1000, a full 1 l cup and every refill last 2.5 s.
@@ -151,7 +151,7 @@ def clock() -> FakeClock:
 
 
 def test_blend_goes_blending_then_idle_exactly_when_the_last_pump_stops(make_controller, clock):
-    controller, broadcasts = make_controller(clock=clock)
+    controller, _broadcasts = make_controller(clock=clock)
     assert controller.state == "idle"
     controller.submit(blend(0.1, {"1": 0.2, "4": 0.3, "6": 0.5}))  # the longest: 50 ml at 400 ml/s
     clock.advance(0.124)
@@ -258,7 +258,7 @@ def test_two_blends_at_the_same_instant_start_exactly_one(make_controller):
         barrier = threading.Barrier(2)
         outcomes: list[str] = []
 
-        def submit(pump: str) -> None:
+        def submit(pump: str, barrier=barrier, controller=controller, outcomes=outcomes) -> None:
             request = blend(1.0, {pump: 1})
             barrier.wait(timeout=2)
             try:

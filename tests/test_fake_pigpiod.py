@@ -7,31 +7,20 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 
 import pigpio
 import pytest
-
 from conftest import eventually
-
-try:
-    from fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
-except ImportError:  # tests/ imported as a package
-    from tests.fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
+from fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
+from support.timing import allowance
 
 PUMP_A, PUMP_B, SENSOR = 17, 27, 22
 DISCONNECTED = (struct.error, OSError)  # what the client raises on a dead daemon
-TOLERANCE = 0.002  # seconds
 
 
 def _allowance(fake):
-    """2 ms plus how late the fake's wave player ran behind its deadlines.
-
-    The lateness is normally well under 0.1 ms; only a machine too busy to
-    schedule the player thread adds more, and then the assertion still
-    checks that the pulses were scheduled at the right times.
-    """
-    return TOLERANCE + fake.max_lateness()
+    """The suite's tolerance plus how late the fake's wave player ran behind its deadlines."""
+    return allowance(fake.max_lateness())
 
 
 def _stop(pi):
@@ -240,9 +229,9 @@ def test_too_many_pulses(fake, pi):
     chunk = [pigpio.pulse(1 << PUMP_A, 0, 1), pigpio.pulse(0, 1 << PUMP_A, 1)] * 2000
     pi.wave_add_new()
     assert pi.wave_add_generic(chunk) == 4000
-    assert pi.wave_add_generic([pigpio.pulse(0, 0, 4000)] + chunk) == 8000
+    assert pi.wave_add_generic([pigpio.pulse(0, 0, 4000), *chunk]) == 8000
     with pytest.raises(pigpio.error, match="too many pulses"):
-        pi.wave_add_generic([pigpio.pulse(0, 0, 8000)] + chunk)  # would reach 12000
+        pi.wave_add_generic([pigpio.pulse(0, 0, 8000), *chunk])  # would reach 12000
     assert pi.wave_get_pulses() == 8000  # the pending wave is unchanged
 
 

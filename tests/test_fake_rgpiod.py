@@ -13,7 +13,6 @@ import time
 
 import pytest
 import rgpio
-
 from fake_rgpiod import GBUSY, GGWX, Board, FakeRgpiod
 
 LINES = [5, 6]

@@ -9,8 +9,8 @@ import logging
 import socket
 
 import pytest
-
 from conftest import assert_countdown, eventually, is_final_status, status_times
+from support.timing import TOLERANCE
 
 BLEND = {"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 0.5, "1": 0.5}}}  # 50 ml at 400 ml/s
 
@@ -34,7 +34,7 @@ def test_a_client_gone_mid_pour_changes_nothing_for_the_pour_or_the_others(serve
     leaver.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     leaver.ws.sock.close()
     assert_countdown(status_times(watcher.recv_until(is_final_status)), 0.125)
-    assert pump_on_times(server.controller.driver) == {0: pytest.approx(0.125, abs=0.005), 1: pytest.approx(0.125, abs=0.005)}
+    assert pump_on_times(server.controller.driver) == {0: pytest.approx(0.125, abs=TOLERANCE), 1: pytest.approx(0.125, abs=TOLERANCE)}
     assert eventually(lambda: len(server.transport.clients()) == 1)
     assert server.controller.state == "idle"
     watcher.echo("still here")

@@ -19,11 +19,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import pytest
 import yaml
+from conftest import Broadcasts, Peer, close_quickly, eventually, is_final_status
+from fake_pigpiod import FakePigpiod
+from support.daemons import free_port
+from support.processes import ROOT, barmaid_process  # noqa: F401 (barmaid_process: a fixture)
+from support.rig import (
+    blend,
+    history,
+    is_state,
+    is_type,
+    levels,
+    make_rig,  # noqa: F401 (a fixture)
+    on_times,
+    pumps_with,
+    set_level,
+)
+from support.timing import TOLERANCE
 
 import barmaid.store as store_module
 from barmaid.config import Config, load_config
@@ -33,10 +50,6 @@ from barmaid.machine import Controller
 from barmaid.protocol import Limits, parse
 from barmaid.server import BarmaidServer
 from barmaid.store import FILENAME, Store
-from conftest import Broadcasts, Peer, close_quickly, eventually, is_final_status
-from fake_pigpiod import FakePigpiod
-from test_actions import is_state, is_type, levels, make_rig, on_times, pumps_with, set_level  # noqa: F401
-from test_store import ROOT, barmaid_process, blend, free_port, history  # noqa: F401 (barmaid_process: a fixture)
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)
 
@@ -198,7 +211,7 @@ def test_a_restart_adopts_the_pour_still_playing_and_records_it_completed_once(t
         "remaining_time": 0, "action": "blend", "initial_time": 1, "outcome": "completed"
     }
     assert [s["remaining_time"] for s in statuses].count(0) == 1
-    assert on_times(driver) == {0: pytest.approx(1.0, abs=0.01)}  # never cut by the restart
+    assert on_times(driver) == {0: pytest.approx(1.0, abs=TOLERANCE)}  # never cut by the restart
     assert second.state == "idle" and second.pumps[0].level_ml == pytest.approx(200)
     (pour,) = second.store.history()
     assert (pour.outcome, pour.poured_ml) == ("completed", {0: pytest.approx(400)})
@@ -222,7 +235,7 @@ def test_an_adopted_action_is_in_its_own_busy_state(tmp_path, write_config, rest
     second, broadcasts, _, _ = restart(config, driver)
     assert second.state == state and second.action.kind == action.type
     assert broadcasts.wait_for()[-1]["data"]["outcome"] == "completed"
-    assert second.state == "idle" and on_times(driver) == {2: pytest.approx(0.5, abs=0.01)}
+    assert second.state == "idle" and on_times(driver) == {2: pytest.approx(0.5, abs=TOLERANCE)}
 
 
 @pytest.mark.parametrize("cut_after", [0.05, None], ids=["cut-mid-pour", "ended-before-the-restart"])
@@ -360,7 +373,7 @@ def test_prime_primes_the_tube_without_a_new_bottle_and_refill_still_means_one(m
     assert peer.recv_until(is_type("error"))[-1]["data"]["msg"].startswith("Already priming ! Retry in")
     peer.recv_until(is_state("idle"))
     assert levels(peer)[3] == pytest.approx(450)  # what priming drew, off the same bottle
-    assert on_times(rig.driver) == {3: pytest.approx(0.125, abs=0.005)}
+    assert on_times(rig.driver) == {3: pytest.approx(0.125, abs=TOLERANCE)}
     peer.send({"type": "refill", "data": {"pump": 3}})
     peer.recv_until(is_state("idle"))
     assert levels(peer)[3] == pytest.approx(950)  # a new bottle, less what priming took

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pigpio
 import pytest
+from fake_pigpiod import FakePigpiod
 
 from barmaid.cli import main
 from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import PumpsUnavailable
-from fake_pigpiod import FakePigpiod
 
 ROOT = Path(__file__).resolve().parent.parent
 PUMP_0 = DEFAULT_GPIOS[0]
@@ -59,9 +59,7 @@ def test_off_stops_the_wave_and_writes_every_pump_off_for_the_configs_level(daem
     result = off(pigpio_config(write_config, daemon.port, active_low))
     assert result.returncode == 0, result.stderr
     assert not daemon.wave_busy()
-    assert {g: (daemon.modes()[g], daemon.level(g)) for g in DEFAULT_GPIOS} == {
-        g: (pigpio.OUTPUT, off_level) for g in DEFAULT_GPIOS
-    }
+    assert {g: (daemon.modes()[g], daemon.level(g)) for g in DEFAULT_GPIOS} == dict.fromkeys(DEFAULT_GPIOS, (pigpio.OUTPUT, off_level))
     (line,) = result.stdout.splitlines()
     assert "every pump off" in line and ("active-low" if active_low else "active-high") in line
     assert "stopped" in line and "had been on" in line

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from conftest import GOOD_INPUTS
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -14,7 +15,6 @@ from jsonschema import Draft202012Validator
 from barmaid.errors import BadMessage
 from barmaid.protocol import Blend, Echo, Limits, Refill, parse, read_frame, schema
 from barmaid.strictjson import MAX_DEPTH, decode, encode
-from conftest import GOOD_INPUTS
 
 LIMITS = Limits(pumps=8, max_cup_size=1.0)
 

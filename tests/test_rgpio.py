@@ -13,6 +13,17 @@ import time
 
 import pytest
 import rgpio
+from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
+from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
+from support.daemons import (
+    barmaid_process,
+    blend,
+    daemon_config,
+    free_port,
+    quick_reconnects,  # noqa: F401 (an autouse fixture)
+    sigkill_mid_pour,
+)
+from support.timing import TOLERANCE
 
 import barmaid.drivers.daemon as daemon_driver
 import barmaid.drivers.rgpio as rgpio_driver
@@ -20,12 +31,8 @@ from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.rgpio import SHARE_ID, RgpioDriver
 from barmaid.errors import Busy, PumpsUnavailable
 from barmaid.server import BarmaidServer
-from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
-from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
-from support.daemons import quick_reconnects  # noqa: F401 (an autouse fixture)
-from support.daemons import barmaid_process, blend, daemon_config, free_port, sigkill_mid_pour
 
-ALL_OFF = {g: 0 for g in DEFAULT_GPIOS}
+ALL_OFF = dict.fromkeys(DEFAULT_GPIOS, 0)
 
 
 @pytest.fixture
@@ -55,7 +62,7 @@ def levels(daemon: FakeRgpiod) -> dict[int, int]:
 
 def held_by_barmaid(daemon: FakeRgpiod) -> bool:
     """Every pump line claimed by one chip handle shared under barmaid's share id."""
-    holders = set(daemon.claimed()[g] for g in DEFAULT_GPIOS if g in daemon.claimed())
+    holders = {daemon.claimed()[g] for g in DEFAULT_GPIOS if g in daemon.claimed()}
     return len(daemon.claimed()) == len(DEFAULT_GPIOS) and len(holders) == 1 and (
         daemon.handles()[holders.pop()][2] == SHARE_ID
     )
@@ -98,7 +105,7 @@ def test_the_chip_is_found_by_its_label_and_shared_by_its_plain_handle(drivers):
 def test_a_board_without_a_raspberry_pi_gpio_chip_is_named_in_the_error(drivers):
     with FakeRgpiod(board=Board({0: ("gpio-mockup-A", 8)})) as daemon:
         driver = drivers(daemon.port)
-        with pytest.raises(PumpsUnavailable, match="no GPIO chip labelled pinctrl-rp1 or .*Raspberry Pi"):
+        with pytest.raises(PumpsUnavailable, match=r"no GPIO chip labelled pinctrl-rp1 or .*Raspberry Pi"):
             driver.pour({0: 0.1})
 
 
@@ -160,7 +167,7 @@ def test_at_start_a_finished_pours_handle_is_closed_and_the_lines_claimed_again(
     crash(first)
     before = set(daemon.handles())
     drivers(daemon.port)
-    assert held_by_barmaid(daemon) and not before & set(h for h, v in daemon.handles().items() if v[0] == "chip")
+    assert held_by_barmaid(daemon) and not before & {h for h, v in daemon.handles().items() if v[0] == "chip"}
 
 
 def test_daemon_dropped_mid_pour_reconnects_and_switches_every_pump_off_at_once(daemon, drivers):
@@ -266,7 +273,7 @@ def test_force_off_without_waiting_cuts_a_playing_pour(daemon, drivers):
     crash(driver)
     config = DriverConfig(kind="rgpio", host="127.0.0.1", port=daemon.port, active_low=True)
     RgpioDriver.force_off(DEFAULT_GPIOS, config, wait_for_pour_s=0)
-    assert levels(daemon) == {g: 1 for g in DEFAULT_GPIOS} and not daemon.wave_busy()
+    assert levels(daemon) == dict.fromkeys(DEFAULT_GPIOS, 1) and not daemon.wave_busy()
 
 
 def test_force_off_raises_when_the_daemon_cannot_be_reached(daemon):
@@ -329,5 +336,5 @@ def test_sigkill_mid_pour_cannot_stretch_it_rgpiod_stops_the_pumps_on_time(daemo
         sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
         for gpio in DEFAULT_GPIOS[:2]:
-            assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=0.005)]
+            assert daemon.on_durations(gpio) == [pytest.approx(0.3, abs=TOLERANCE)]
         assert levels(daemon) == ALL_OFF

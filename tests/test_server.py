@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 
 import pytest
+from conftest import assert_countdown, is_final_status, status_times
+from support.timing import TOLERANCE
 
 from barmaid import __version__, protocol
-from conftest import assert_countdown, is_final_status, status_times
 
 #: A blend that outlasts any test that does not wait for it: 1 l at 400 ml/s is 2.5 s.
 LONG_BLEND = {"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 1}}}
@@ -74,14 +76,14 @@ def test_blend_with_ratio_keys_as_strings_as_the_gui_sends(server, connect):
     peer = connect()
     peer.send('{"type": "blend", "data": {"cup_size": 0.04, "ratios": {"1": 0.2, "2": 0.1, "5": 0.7}}}')
     assert_countdown(status_times(peer.recv_until()), 0.07)
-    assert pump_runs(server) == pytest.approx({1: 0.02, 2: 0.01, 5: 0.07}, abs=0.005)
+    assert pump_runs(server) == pytest.approx({1: 0.02, 2: 0.01, 5: 0.07}, abs=TOLERANCE)
 
 
 def test_refill_with_pump_as_a_string_runs_that_pump_for_its_prime_time(server, connect):
     peer = connect()
     peer.send('{"type": "refill", "data": {"pump": "0"}}')
     assert_countdown(status_times(peer.recv_until()), 0.05)
-    assert pump_runs(server) == pytest.approx({0: 0.05}, abs=0.005)  # prime_ml 20 at 400 ml/s
+    assert pump_runs(server) == pytest.approx({0: 0.05}, abs=TOLERANCE)  # prime_ml 20 at 400 ml/s
 
 
 @pytest.mark.parametrize(
@@ -111,7 +113,7 @@ def test_refill_while_refilling_answers_already_refilling(server, connect):
     errors = [m for m in peer.recv_until(is_error) if is_error(m)]
     assert errors == [{"type": "error", "data": {"msg": "Already refilling ! Retry in 1 sec"}}]
     peer.recv_until()
-    assert pump_runs(server) == pytest.approx({7: 0.225}, abs=0.005)
+    assert pump_runs(server) == pytest.approx({7: 0.225}, abs=TOLERANCE)
 
 
 def test_bad_input_answers_one_error_to_the_sender_and_changes_nothing(server, connect, bad_input):
@@ -152,7 +154,7 @@ def test_a_seed_only_client_sees_only_seed_frames_with_the_seed_keys(server, con
     messages = seed.recv_until(lambda m: m["type"] == "status")
     seed.send(SHORT_BLEND)
     seed.send('{"type": "blend", "data": {"cup_size": NaN, "ratios": {"0": 1}}}')
-    messages += seed.echo(1e308) + [{"type": "echo", "data": 1e308}]
+    messages += [*seed.echo(1e+308), {"type": "echo", "data": 1e+308}]
     other.send({"type": "stop"})
     messages += seed.recv_until(is_final_status)
     seed.send(SHORT_BLEND)
@@ -287,9 +289,10 @@ def test_state_says_whether_the_pump_hardware_is_reachable(server, connect, monk
 
 
 def test_pump_names_from_the_config_show_in_state_and_welcome(fast_config):
+    from conftest import Peer, close_quickly
+
     from barmaid.drivers.simulated import SimulatedDriver
     from barmaid.server import BarmaidServer
-    from conftest import Peer, close_quickly
 
     pumps = tuple(p.model_copy(update={"name": "rum" if i == 0 else None}) for i, p in enumerate(fast_config.pumps))
     config = fast_config.model_copy(update={"pumps": pumps})
@@ -333,15 +336,11 @@ def test_serve_with_port_0_listens_on_a_free_port_and_logs_it(tmp_path):
     """`barmaid serve --port 0` in a subprocess: the log line names the port the system chose."""
     import re
     import signal
-    import subprocess
-    import sys
 
     from conftest import Peer
+    from support import processes
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    proc = processes.spawn("serve", "--host", "127.0.0.1", "--port", "0", cwd=tmp_path, stdout=subprocess.DEVNULL)
     try:
         for line in proc.stderr:
             listening = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)

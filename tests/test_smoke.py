@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import Ran, run_main
 
 from barmaid.client import Client
 from barmaid.server import BarmaidServer
-from conftest import Ran, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "smoke_test.py"

@@ -11,25 +11,23 @@ import logging
 import os
 import random
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from base64 import b64encode
-from hashlib import sha1
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, status_times
+from support.rawws import BIG, RawClient, frame_bytes, rss_bytes, text_frame, wait_until
 
-from barmaid import server as server_module
 from barmaid import frames, transport
+from barmaid import server as server_module
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.frames import Frame, Opcode
 from barmaid.server import BarmaidServer
 from barmaid.transport import Transport
-from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, eventually, is_final_status, status_times
 
 # An exception that escapes a server thread is a failure here, not a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -37,128 +35,6 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = (
     Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE, Opcode.PING, Opcode.PONG
 )
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#: The echo payload of the big-frame tests: under max_message_bytes (64 KiB) once framed as JSON.
-BIG = "x" * 60_000
-
-
-# ---- a WebSocket client by hand ----------------------------------------------------------
-
-
-def frame_bytes(opcode: int, payload: bytes = b"", fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
-    """A client frame, masked with a fresh key unless told otherwise."""
-    return frames.encode(opcode, payload, fin, os.urandom(4) if masked else None, rsv)
-
-
-def text_frame(message: Any) -> bytes:
-    return frame_bytes(TEXT, json.dumps(message).encode())
-
-
-class RawClient:
-    """One WebSocket client written out by hand: the handshake and every frame are plain bytes."""
-
-    def __init__(
-        self,
-        port: int,
-        rcvbuf: Optional[int] = None,
-        read_size: int = 65536,
-        read_pause: float = 0.0,
-        host: str = "127.0.0.1",
-    ) -> None:
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            # Before connect: the window is negotiated at the SYN.
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(RECV_TIMEOUT)
-        self.sock.connect((host, port))
-        self.read_size, self.read_pause = read_size, read_pause
-        self._buffer = b""
-
-    def handshake(self, path: str = "/", host: str = "127.0.0.1", origin: Optional[str] = None) -> "RawClient":
-        key = b64encode(os.urandom(16)).decode()
-        origin_line = "" if origin is None else f"Origin: {origin}\r\n"
-        self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin_line}Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = self.read_http_head()
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        assert b64encode(sha1(key.encode() + _GUID).digest()) in head, head
-        return self
-
-    def read_http_head(self) -> bytes:
-        while b"\r\n\r\n" not in self._buffer:
-            self._fill()
-        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
-        return head
-
-    def send_frame(self, opcode: int, payload: bytes = b"", **options: Any) -> None:
-        self.sock.sendall(frame_bytes(opcode, payload, **options))
-
-    def send_json(self, message: Any) -> None:
-        self.sock.sendall(text_frame(message))
-
-    def recv_frame(self) -> Frame:
-        header = frames.read_header(self._take)
-        assert header.mask is None, "a server must not mask its frames"
-        return Frame(header.opcode, frames.read_payload(self._take, header), header.fin)
-
-    def recv_json(self) -> Any:
-        frame = self.recv_frame()
-        assert frame.fin and frame.opcode == TEXT, f"expected a text frame, got {frame}"
-        return json.loads(frame.payload)
-
-    def recv_until(self, predicate: Callable[[Any], bool] = is_final_status) -> list[Any]:
-        """Every message up to and including the first one `predicate` accepts."""
-        messages = [self.recv_json()]
-        while not predicate(messages[-1]):
-            messages.append(self.recv_json())
-        return messages
-
-    def echo(self, data: Any = "sync") -> list[Any]:
-        """Round-trips an echo; returns what came before its reply."""
-        expected = {"type": "echo", "data": data}
-        self.send_json(expected)
-        return self.recv_until(lambda message: message == expected)[:-1]
-
-    def expect_close(self) -> int:
-        """The code of the close frame that must come next; the connection must end right after it."""
-        frame = self.recv_frame()
-        assert frame.opcode == CLOSE, f"expected a close frame, got {frame}"
-        assert self.expect_eof() == b"", "data after the close frame"
-        code, _ = frames.parse_close(frame.payload)
-        return code
-
-    def expect_eof(self) -> bytes:
-        """Everything the server sends until it ends the connection (FIN, or a reset after it)."""
-        try:
-            while True:
-                self._fill()
-        except (EOFError, ConnectionResetError):
-            rest, self._buffer = self._buffer, b""
-            return rest
-
-    def close(self, abrupt: bool = False) -> None:
-        if abrupt:  # a reset instead of a FIN: the peer vanished
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-    def _take(self, n: int) -> bytes:
-        while len(self._buffer) < n:
-            self._fill()
-        data, self._buffer = self._buffer[:n], self._buffer[n:]
-        return data
-
-    def _fill(self) -> None:
-        try:
-            chunk = self.sock.recv(self.read_size)
-        except socket.timeout:
-            pytest.fail(f"nothing from the server within {RECV_TIMEOUT} s; have {self._buffer[:200]!r}")
-        if not chunk:
-            raise EOFError("the server ended the connection")
-        self._buffer += chunk
-        if self.read_pause:
-            time.sleep(self.read_pause)
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------
@@ -220,25 +96,12 @@ def frequent_thread_switches():
     sys.setswitchinterval(interval)
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process (server and test share it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
 def largest_send_buffer() -> int:
     """The most the kernel may buffer for one sending socket (Linux grows it up to tcp_wmem's max)."""
     try:
         return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
     except (OSError, ValueError, IndexError):
         return 4 * 2**20
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = RECV_TIMEOUT) -> None:
-    if not eventually(condition, timeout):
-        pytest.fail(f"not within {timeout} s: {what}")
 
 
 def settle(threads: int) -> None:
@@ -921,7 +784,7 @@ def test_drip_fed_handshakes_leave_descriptors_and_threads_for_clients_and_for_s
     finally:
         pouring.close()
     assert len(attackers) == 300, f"the server stopped accepting after {len(attackers)} connections"
-    assert 0 < status_times(statuses)[-1] + 1 and statuses[-1]["data"]["remaining_time"] == 0
+    assert status_times(statuses)[-1] + 1 > 0 and statuses[-1]["data"]["remaining_time"] == 0
     assert threads <= transport.MAX_HANDSHAKES + 16, f"{threads} threads in the server"
     log = served.stop()
     assert "Traceback" not in log, log

@@ -16,6 +16,8 @@ import time
 from typing import Any, Optional
 
 import pytest
+from conftest import Peer, close_quickly, eventually, fast_pumps, is_final_status
+from fake_pigpiod import FakePigpiod
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run
@@ -28,8 +30,6 @@ from barmaid.machine import Action
 from barmaid.protocol import parse
 from barmaid.server import BarmaidServer
 from barmaid.store import Store
-from conftest import Peer, close_quickly, eventually, fast_pumps, is_final_status
-from fake_pigpiod import FakePigpiod
 
 #: Hidden truths: pump -> (flow ml/s, start-up s). Pump 2 has no start-up time.
 TRUTHS = {0: (150.0, 0.05), 1: (400.0, 0.03), 2: (250.0, 0.0)}
@@ -212,7 +212,7 @@ def test_two_point_calibration_of_hidden_pumps_pours_every_volume_within_target(
         assert all(abs(p["residual_ml"]) < 0.01 for p in fitted["points"])
     misses = []
     for ml in POURS_ML:
-        poured = bartender.pour({pump: ml for pump in TRUTHS})
+        poured = bartender.pour(dict.fromkeys(TRUTHS, ml))
         misses += [(pump, ml, poured[pump]) for pump in TRUTHS if not within_target(poured[pump] - ml, ml)]
     assert not misses, misses
     # The level went down by what really came out: calibration runs and pours alike.
@@ -247,7 +247,7 @@ def test_pours_in_groups_of_max_parallel_pumps_are_timed_by_each_pumps_law(start
     store.close()
     server = start(hidden_pumps(), limits={"max_parallel_pumps": 1})
     bartender = Bartender(server)
-    poured = bartender.pour({pump: 20.0 for pump in TRUTHS})
+    poured = bartender.pour(dict.fromkeys(TRUTHS, 20.0))
     assert all(within_target(poured[pump] - 20.0, 20.0) for pump in TRUTHS), poured
     spans = server.controller.plan(parse(json.dumps(
         {"type": "blend", "data": {"cup_size": 0.06, "ratios": {str(p): 1 / 3 for p in TRUTHS}}}), server.limits))

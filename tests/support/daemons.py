@@ -10,18 +10,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from conftest import Peer, fast_pumps
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import Config, load_config
-from conftest import Peer, fast_pumps
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from support import processes
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +58,7 @@ def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
 @contextmanager
 def barmaid_process(config_path: Path, *args: str) -> Iterator[subprocess.Popen]:
     """`python -m barmaid serve --config PATH [args]`, once it says it listens; killed at the end."""
-    command = [sys.executable, "-m", "barmaid", "serve", "--config", str(config_path), *args]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process = processes.spawn("serve", "--config", str(config_path), *args)
     try:
         if not any("listening" in line for line in process.stderr):
             raise AssertionError(f"barmaid did not start: exit status {process.wait(5)}")
