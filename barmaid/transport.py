@@ -465,6 +465,17 @@ class _Server(WebsocketServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("connection from %s failed", client_address[0])
 
+    def shutdown(self) -> None:
+        """Ends the accept loop now, not at its next poll (socketserver looks at its stop flag only
+        every poll_interval, 0.5 s): the flag is set first, then a connection to the listening
+        socket wakes the loop's select; the loop sees the flag before it accepts anything."""
+        self._BaseServer__shutdown_request = True  # socketserver's own flag, set as its shutdown() sets it
+        try:
+            socket.create_connection(self.server_address[:2], timeout=0.5).close()
+        except OSError:
+            pass  # the loop still ends at its next poll
+        super().shutdown()
+
 
 class Transport:
     """Serves WebSocket clients and hands each text message to `on_message(client, text)`.

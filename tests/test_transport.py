@@ -834,3 +834,17 @@ def test_a_local_name_is_its_own_origin(start_transport, raw):
     client = raw(served.port, handshake=False)
     client.handshake(host=f"barmaid.local:{served.port}", origin=f"http://barmaid.local:{served.port}")
     assert client.echo() == []
+
+
+def test_close_does_not_wait_for_the_accept_loops_poll(monkeypatch):
+    """socketserver looks at its stop flag once per poll; with a poll of 30 s a close that waited
+    for it would take 30 s: the accept loop is woken instead, and nothing is accepted on the way."""
+    serve_forever = transport._Server.serve_forever
+    monkeypatch.setattr(transport._Server, "serve_forever", lambda self, poll_interval=0.5: serve_forever(self, 30))
+    served = transport.Transport("127.0.0.1", 0, lambda client, text: None)
+    served.start()
+    wait_until(lambda: served._thread is not None and served._thread.is_alive(), "the accept loop runs")
+    started = time.monotonic()
+    served.close()
+    assert time.monotonic() - started < 10
+    assert not served._thread.is_alive() and served.clients() == []
