@@ -14,16 +14,15 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import __version__
 from . import commands as client_commands
 from .config import load_config
-from .drivers import make_driver
 from .errors import BarmaidError, ConfigError, StoreError
-from .lock import DataDirLock
-from .server import BarmaidServer
-from .store import Store
+
+if TYPE_CHECKING:
+    from .lock import DataDirLock
 
 log = logging.getLogger("barmaid")
 
@@ -129,6 +128,12 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the client commands, off and service start faster without the server's modules.
+    from .drivers import make_driver
+    from .lock import DataDirLock
+    from .server import BarmaidServer
+    from .store import Store
+
     # force=True: websocket_server calls logging.basicConfig() when imported
     # (docs/dependencies.md, "websocket-server").
     logging.basicConfig(
