@@ -173,29 +173,38 @@ def make_controller(write_config: Callable[..., Path]):
 
 
 @pytest.fixture
-def server(fast_config: Config):
-    """A BarmaidServer with simulated pumps, listening on 127.0.0.1:<server.port>."""
-    driver = SimulatedDriver([pump.gpio for pump in fast_config.pumps], fast_config.limits.max_pump_seconds)
-    barmaid = BarmaidServer(fast_config, driver)
-    barmaid.start()
-    yield barmaid
-    close_quickly(barmaid)
-
-
-@pytest.fixture
-def server_with(fast_config: Config):
-    """Starts a BarmaidServer like `server`, with other server settings (token, allowed_origins...)."""
+def serve_config():
+    """The suite's one server factory: `serve_config(config, driver=None, store=None)` starts a
+    BarmaidServer for the config on 127.0.0.1 and a free port, with simulated pumps unless given a
+    driver; every server it started is closed at teardown."""
     started: list[BarmaidServer] = []
 
-    def start(**server_settings: Any) -> BarmaidServer:
-        config = fast_config.model_copy(update={"server": fast_config.server.model_copy(update=server_settings)})
-        started.append(BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps])))
-        started[-1].start()
-        return started[-1]
+    def start(config: Config, driver: Any = None, store: Any = None) -> BarmaidServer:
+        config = config.model_copy(update={"server": config.server.model_copy(update={"host": "127.0.0.1", "port": 0})})
+        barmaid = BarmaidServer(config, driver or SimulatedDriver.for_config(config), store=store)
+        barmaid.start()
+        started.append(barmaid)
+        return barmaid
 
     yield start
     for barmaid in started:
         close_quickly(barmaid)
+
+
+@pytest.fixture
+def server(fast_config: Config, serve_config: Callable[..., BarmaidServer]) -> BarmaidServer:
+    """A BarmaidServer with simulated pumps, listening on 127.0.0.1:<server.port>."""
+    return serve_config(fast_config)
+
+
+@pytest.fixture
+def server_with(fast_config: Config, serve_config: Callable[..., BarmaidServer]):
+    """Starts a BarmaidServer like `server`, with other server settings (token, allowed_origins...)."""
+
+    def start(**server_settings: Any) -> BarmaidServer:
+        return serve_config(fast_config.model_copy(update={"server": fast_config.server.model_copy(update=server_settings)}))
+
+    return start
 
 
 class Ran(NamedTuple):

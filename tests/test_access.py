@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import websocket
-from conftest import Peer, close_quickly, is_final_status
+from conftest import Peer, is_final_status
 
-from barmaid.config import Config
-from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.server import BarmaidServer
 
 TOKEN = "s3cret-party-token"
@@ -15,21 +13,9 @@ BLEND = {"type": "blend", "data": {"cup_size": 0.01, "ratios": {"0": 1}}}
 
 
 @pytest.fixture
-def start(fast_config: Config):
-    servers = []
-
-    def start_server(**server_settings) -> BarmaidServer:
-        config = fast_config.model_copy(
-            update={"server": fast_config.server.model_copy(update=server_settings)}
-        )
-        server = BarmaidServer(config, SimulatedDriver([p.gpio for p in config.pumps]))
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        close_quickly(server)
+def start(server_with):
+    """A server with these server settings (token, allowed_origins)."""
+    return server_with
 
 
 def url(server: BarmaidServer, query: str = "") -> str:

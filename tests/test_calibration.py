@@ -21,7 +21,6 @@ import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run, fit
 from barmaid.config import DEFAULT_GPIOS, load_config
 from barmaid.drivers.pigpio import PigpioDriver
-from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import BadMessage
 from barmaid.server import BarmaidServer
 from barmaid.store import Store
@@ -53,22 +52,15 @@ def set_flow(peer: Peer, pump: int, ml: float) -> dict[str, Any]:
 
 
 @pytest.fixture
-def start(write_config, data_dir):
+def start(write_config, data_dir, serve_config):
     """Starts a BarmaidServer from a pump list, on simulated pumps unless given other hardware."""
-    servers: list[BarmaidServer] = []
+    made = iter(range(1000))
 
     def make(pumps: Optional[list[dict[str, Any]]] = None, hardware: Any = None, **extra: Any) -> BarmaidServer:
-        raw = {"server": {"host": "127.0.0.1", "status_interval": 0.05}, "pumps": pumps or fast_pumps(), **extra}
-        config = load_config(write_config(raw, name=f"cal{len(servers)}.yaml"))
-        config = config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
-        server = BarmaidServer(config, hardware or SimulatedDriver.for_config(config))
-        server.start()
-        servers.append(server)
-        return server
+        raw = {"server": {"status_interval": 0.05}, "pumps": pumps or fast_pumps(), **extra}
+        return serve_config(load_config(write_config(raw, name=f"cal{next(made)}.yaml")), hardware)
 
-    yield make
-    for server in servers:
-        close_quickly(server)
+    return make
 
 
 def peer_of(server: BarmaidServer) -> Peer:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Optional
 
 import pytest
 import yaml
-from conftest import Broadcasts, Peer, close_quickly, eventually, is_final_status
+from conftest import Broadcasts, Peer, eventually, is_final_status
 from fake_pigpiod import FakePigpiod
 from support.daemons import free_port
 from support.processes import ROOT, barmaid_process  # noqa: F401 (barmaid_process: a fixture)
@@ -314,22 +314,15 @@ def test_a_pour_the_daemon_may_have_started_is_counted_in_full_as_lost_in_plain_
 
 
 @pytest.fixture
-def ledger_server(write_config, tmp_path, busy_timeout):
+def ledger_server(write_config, tmp_path, busy_timeout, serve_config):
     """A BarmaidServer on a data directory with a store whose writes wait up to 30 s."""
     busy_timeout(30)
-    servers: list[BarmaidServer] = []
 
     def start(flow: float = 400.0) -> BarmaidServer:
         config = ledger_config(write_config, tmp_path / "data", flow=flow)
-        config = config.model_copy(update={"server": config.server.model_copy(update={"port": 0, "host": "127.0.0.1"})})
-        server = BarmaidServer(config, sim(config), store=Store(config.data_dir))
-        server.start()
-        servers.append(server)
-        return server
+        return serve_config(config, sim(config), Store(config.data_dir))
 
-    yield start
-    for server in servers:
-        close_quickly(server)
+    return start
 
 
 def held(lock) -> bool:

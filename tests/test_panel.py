@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import Peer, close_quickly, eventually, fast_pumps
+from conftest import Peer, eventually, fast_pumps
 from support.timing import TOLERANCE
 
 from barmaid import panel
@@ -126,20 +126,14 @@ def slow_config(write_config: Callable[..., Path], **server: Any) -> Config:
 
 
 @pytest.fixture
-def start_barmaid(write_config: Callable[..., Path]) -> Iterator[Callable[..., BarmaidServer]]:
+def start_barmaid(write_config: Callable[..., Path], serve_config: Callable[..., BarmaidServer]) -> Callable[..., BarmaidServer]:
     """Starts a BarmaidServer with 8 simulated pumps at 100 ml/s, bottles of 700 ml."""
-    started: list[BarmaidServer] = []
 
     def start(driver: type[SimulatedDriver] = SimulatedDriver, **server: Any) -> BarmaidServer:
         config = slow_config(write_config, **server)
-        barmaid = BarmaidServer(config, driver.for_config(config))
-        barmaid.start()
-        started.append(barmaid)
-        return barmaid
+        return serve_config(config, driver.for_config(config))
 
-    yield start
-    for barmaid in started:
-        close_quickly(barmaid)
+    return start
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import time
 from typing import Any, Optional
 
 import pytest
-from conftest import Peer, close_quickly, eventually, fast_pumps, is_final_status
+from conftest import Peer, eventually, fast_pumps, is_final_status
 from fake_pigpiod import FakePigpiod
 
 import barmaid.drivers.daemon as daemon_driver
@@ -51,23 +51,16 @@ def hidden_pumps(**limits: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def start(write_config):
-    servers: list[BarmaidServer] = []
+def start(write_config, serve_config):
+    made = iter(range(1000))
 
     def make(pumps: list[dict[str, Any]], limits: Optional[dict[str, Any]] = None, driver: Any = None) -> BarmaidServer:
-        raw: dict[str, Any] = {"server": {"host": "127.0.0.1", "status_interval": 0.05}, "pumps": pumps}
+        raw: dict[str, Any] = {"server": {"status_interval": 0.05}, "pumps": pumps}
         if limits:
             raw["limits"] = limits
-        config = load_config(write_config(raw, name=f"volume{len(servers)}.yaml"))
-        config = config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
-        server = BarmaidServer(config, driver or SimulatedDriver.for_config(config))
-        server.start()
-        servers.append(server)
-        return server
+        return serve_config(load_config(write_config(raw, name=f"volume{next(made)}.yaml")), driver)
 
-    yield make
-    for server in servers:
-        close_quickly(server)
+    return make
 
 
 class Bartender:
