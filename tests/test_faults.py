@@ -52,7 +52,6 @@ def test_a_full_data_directory_refuses_the_pour_before_anything_moves(server, co
     for _ in range(3):  # fill the pages the history already has
         client.send(BLEND)
         client.recv_until(is_final_status)
-    server.controller.driver.timeline.clear()
     fill_up(store)
     big = {"type": "blend", "data": {"cup_size": 0.1, "ratios": {str(p): 0.125 for p in range(8)}}}
     refused = 0

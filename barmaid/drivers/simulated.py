@@ -1,8 +1,10 @@
 """Simulated pumps: the default backend, so a GUI can be built anywhere without a Raspberry Pi.
 
-It times pours by its clock (barmaid.clock: real, or fake in tests), as a pump daemon would, and
-keeps a timeline of every
-switch `(time, pump, on)` that tests assert on. Given each pump's truth (`pumps[i].sim` in the
+It times pours by its clock (barmaid.clock: real, or fake in tests) as a pump daemon would: a
+switch happens at the time it is due, however late the thread that records it wakes up, and every
+question (is_on, playing, the timeline) first makes the switches due by then. So its timeline of
+every switch `(time, pump, on)`, that tests assert on, is as exact on a busy machine as a
+daemon's DMA-timed waveform. Given each pump's truth (`pumps[i].sim` in the
 config: flow, start-up time, noise), it also counts what each pump really poured, so a
 calibration can be run against a pump whose behaviour the controller does not know.
 """
@@ -60,7 +62,7 @@ class SimulatedDriver(Driver):
         self._on: dict[int, float] = {}  # pump -> when it went on
         self._due: list[tuple[float, int, bool]] = []  # (deadline, pump, on), soonest last
         self._closed = False
-        self.timeline: list[Switch] = []
+        self._timeline: list[Switch] = []
         self._truths = tuple(truths) if truths is not None else None
         self._poured = [0.0] * len(self.gpios)
         self._noise = [random.Random(pump) for pump in range(len(self.gpios))]  # seeded: runs repeat
@@ -74,14 +76,24 @@ class SimulatedDriver(Driver):
     def poured_ml(self) -> Optional[list[float]]:
         """Per pump, the millilitres it really poured since the start; None without truths."""
         with self._cond:
+            self._run_due(self._clock.now())
             return None if self._truths is None else [round(ml, 6) for ml in self._poured]
+
+    @property
+    def timeline(self) -> list[Switch]:
+        """Every switch so far, in order."""
+        with self._cond:
+            self._run_due(self._clock.now())
+            return list(self._timeline)
 
     def is_on(self, pump: int) -> bool:
         with self._cond:
+            self._run_due(self._clock.now())
             return pump in self._on
 
     def playing(self) -> bool:
         with self._cond:
+            self._run_due(self._clock.now())
             return bool(self._due)
 
     def pour(self, plan: Plan) -> float:
@@ -120,10 +132,10 @@ class SimulatedDriver(Driver):
                 self._arm()
 
     def _run_due(self, now: float) -> None:
-        """Switches every pump whose time has come; those due together at one instant."""
+        """Makes every switch whose time has come, each at the time it was due."""
         while self._due and self._due[-1][0] <= now:
             deadline, pump, on = self._due.pop()
-            self._switch(now, pump, on, deadline)
+            self._switch(deadline, pump, on)
 
     def _all_off(self) -> None:
         """Ends the pour: what was due by now switches at its own time, the rest now."""
@@ -131,18 +143,16 @@ class SimulatedDriver(Driver):
         self._run_due(now)
         self._due.clear()
         for pump in sorted(self._on):
-            self._switch(now, pump, False, now)
+            self._switch(now, pump, False)
 
-    def _switch(self, t: float, pump: int, on: bool, at: float) -> None:
-        """Switches a pump at `t` (the timeline's time), pouring as if at `at`: the time it was
-        due, as a daemon's DMA times it, however late this thread woke up."""
+    def _switch(self, t: float, pump: int, on: bool) -> None:
         if (pump in self._on) == on:
             return
         if on:
-            self._on[pump] = at
+            self._on[pump] = t
         else:
-            self._pour_run(pump, at - self._on.pop(pump))
-        self.timeline.append(Switch(t, pump, on))
+            self._pour_run(pump, t - self._on.pop(pump))
+        self._timeline.append(Switch(t, pump, on))
         log.debug("simulated pump %d %s", pump, "on" if on else "off")
 
     def _pour_run(self, pump: int, seconds: float) -> None:
