@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from .clock import Clock
 from .drivers.base import Span, switches
+from .outcomes import ActionKind
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -35,8 +36,8 @@ class ActionClock:
         self,
         clock: Clock,
         interval: float,
-        kind: str,
-        plan: dict[int, Span],
+        kind: ActionKind,
+        spans: dict[int, Span],
         t0: float,
         done: threading.Event,
         status: Callable[[int], bool],
@@ -48,12 +49,12 @@ class ActionClock:
         Args:
             playing: for an adopted pour, whether the hardware still plays it; None otherwise.
         """
-        self._clock, self._interval, self._kind, self._plan = clock, interval, kind, plan
+        self._clock, self._interval, self._kind, self._spans = clock, interval, kind, spans
         self._done, self._status, self._end, self._fail, self._playing = done, status, end, fail, playing
-        self.end_at = t0 + max(span.stop for span in plan.values())
+        self.end_at = t0 + max(span.stop for span in spans.values())
         #: The pump switches still to log: (time, pump, on). What happened before an adopted
         #: pour was found was logged by the barmaid that started it.
-        self._to_log = [(t0 + at, pump, on) for at, pump, on in switches(plan) if at > 0 or not on]
+        self._to_log = [(t0 + at, pump, on) for at, pump, on in switches(spans) if at > 0 or not on]
         if playing is not None:
             self._to_log = [switch for switch in self._to_log if switch[0] > clock.now()]
         self._next_status = t0 + interval
@@ -86,7 +87,7 @@ class ActionClock:
         now = self._clock.now()
         while self._to_log and self._to_log[0][0] <= now:
             _, pump, on = self._to_log.pop(0)
-            span = self._plan[pump]
+            span = self._spans[pump]
             if on:
                 log.info("pump %d on for %.3f s (%s)", pump, span.seconds, self._kind)
             else:

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from barmaid.calibration import Law
+from barmaid.dispatch import order_of
 from barmaid.drivers.base import Span
 from barmaid.errors import BadMessage
 from barmaid.outcomes import Outcome
@@ -20,7 +21,8 @@ LAWS = [Law(100.0), Law(50.0, dead_s=0.5), Law(200.0)]
 
 
 def request(kind: str, **data):
-    return parse(json.dumps({"type": kind, "data": data}), LIMITS)
+    """The order a request of `kind` with `data` places."""
+    return order_of(parse(json.dumps({"type": kind, "data": data}), LIMITS), LIMITS.pumps)
 
 
 def test_run_seconds_of_a_blend_adds_each_pumps_start_up_time_to_volume_over_flow():
