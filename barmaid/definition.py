@@ -1,4 +1,5 @@
-"""The state machine's definition: states.yaml, read and checked against its model at start-up.
+"""The state machine's definition: states.yaml, read and checked against its model at start-up,
+and the `transitions` machine built from it.
 
 `transitions` takes a misspelled state or callback as given and fails only when it fires; here
 every key, state, trigger and callback is checked first, and an error names the one at fault.
@@ -6,16 +7,65 @@ every key, state, trigger and callback is checked first, and an error names the 
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from transitions import Machine
 
+from .action import Action
 from .errors import ConfigError
+from .outcomes import Outcome
+
+
+def _not_skipped_binding(record: logging.LogRecord) -> bool:
+    """transitions warns of each helper (may_*, is_*, trigger) that model_override leaves unbound:
+    here that is the point, so those warnings are dropped; every other one stays."""
+    return "Skip binding of" not in record.getMessage()
+
+
+logging.getLogger("transitions.core").addFilter(_not_skipped_binding)
+
+
+class Triggers:
+    """The triggers states.yaml must declare, as methods of the model so that type checkers see
+    them: the machine replaces each with its trigger (model_override, docs/dependencies.md
+    "transitions"). blend ... clean start an action, adopt takes over one a crash left playing,
+    finish / stop / abort end it (its time is over, a client asked, shut down or hardware lost).
+    """
+
+    def blend(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def refill(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def prime(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def calibrate(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def clean(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def adopt(self, *, action: Action) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def finish(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def stop(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
+
+    def abort(self, *, outcome: Outcome) -> bool:
+        raise NotImplementedError("bound by the machine")
+
 
 #: Triggers and states the controller fires or relies on; states.yaml must declare them.
-REQUIRED_TRIGGERS = ("blend", "refill", "prime", "calibrate", "clean", "adopt", "finish", "stop", "abort")
+REQUIRED_TRIGGERS = tuple(name for name in vars(Triggers) if not name.startswith("_"))
 REQUIRED_STATES = ("idle",)
 _STATE_KEYS = {"name", "on_enter", "on_exit"}
 _TRANSITION_KEYS = {"trigger", "source", "dest", "before", "after", "prepare", "conditions", "unless"}
@@ -97,3 +147,17 @@ def load_definition(path: Optional[Path] = None, model: Optional[type] = None) -
                 if not callable(getattr(model, callback, None)):
                     raise fail(f"{key} callback {callback!r} is not a method of {model.__name__}")
     return {**spec, "states": states}
+
+
+def build_machine(model: object, definition: Optional[dict[str, Any]] = None) -> Machine:
+    """The `transitions` machine that drives `model` by `definition` (default: states.yaml,
+    checked against the model's class). Its triggers replace the model's declared methods of
+    the same name (model_override); callbacks get one EventData (send_event); there are no
+    `to_*` triggers (auto_transitions off), so an invalid trigger raises MachineError."""
+    return Machine(
+        model=model,
+        **(definition or load_definition(model=type(model))),
+        auto_transitions=False,
+        send_event=True,
+        model_override=True,
+    )

@@ -16,13 +16,13 @@ import math
 import threading
 from typing import Any, Callable, Optional
 
-from transitions import EventData, Machine, MachineError
+from transitions import EventData, MachineError
 
 from .action import Action, Event, HardwareLost, Progress, Snapshot, StoppedAction
 from .actionclock import ActionClock
 from .clock import Clock, RealClock
 from .config import Config
-from .definition import load_definition
+from .definition import Triggers, build_machine
 from .drivers.base import Driver
 from .drivers.simulated import SimulatedDriver
 from .errors import BadMessage, Busy, PumpsUnavailable
@@ -36,51 +36,16 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 
-def _not_skipped_binding(record: logging.LogRecord) -> bool:
-    """transitions warns of each helper (may_*, is_*, trigger) that model_override leaves unbound:
-    here that is the point, so those warnings are dropped; every other one stays."""
-    return "Skip binding of" not in record.getMessage()
-
-
-logging.getLogger("transitions.core").addFilter(_not_skipped_binding)
-
-class Controller:
+class Controller(Triggers):
     """The `transitions` model: turns orders into pours, one at a time.
 
-    The trigger methods below are declared so that type checkers see them; the machine replaces
-    each with its trigger from states.yaml (model_override, docs/dependencies.md "transitions").
-    From outside, call the entry points: `pour`, `stop_action`, `snapshot`, `history`,
-    `set_level`, `set_flow`, `reset_calibration`, `run_seconds`, `remaining` and `close`.
+    Its triggers (blend ... abort) are declared in barmaid.definition.Triggers, and the machine
+    binds states.yaml's over them; its other public methods are either the callbacks states.yaml
+    names or the entry points: `pour`, `stop_action`, `snapshot`, `history`, `set_level`,
+    `set_flow`, `reset_calibration`, `run_seconds`, `remaining` and `close`.
     """
 
     state: str
-
-    def blend(self, *, action: Action) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def refill(self, *, action: Action) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def prime(self, *, action: Action) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def calibrate(self, *, action: Action) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def clean(self, *, action: Action) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def adopt(self, *, action: Action) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def finish(self, *, outcome: Outcome) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def stop(self, *, outcome: Outcome) -> bool:
-        raise NotImplementedError("bound by the machine")
-
-    def abort(self, *, outcome: Outcome) -> bool:
-        raise NotImplementedError("bound by the machine")
 
     def __init__(
         self,
@@ -108,13 +73,7 @@ class Controller:
         self._publish = publish
         self._clock = clock or RealClock()
         self._lock = threading.RLock()
-        self.machine = Machine(
-            model=self,
-            **(definition or load_definition()),
-            auto_transitions=False,
-            send_event=True,
-            model_override=True,
-        )
+        self.machine = build_machine(self, definition)
         #: The trigger that starts each kind of action.
         self._starts: dict[ActionKind, Callable[..., bool]] = {
             ActionKind.BLEND: self.blend,
@@ -242,9 +201,6 @@ class Controller:
             self._end_failed(action)
             raise
         self.action = action
-        for pump, span in sorted(action.spans.items()):
-            if span.start == 0:
-                log.info("pump %d on for %.3f s (%s)", pump, span.seconds, action.kind)
 
     def adopts(self, event: EventData) -> bool:
         """Condition of `adopt`: the transition into the state the adopted action's own trigger
