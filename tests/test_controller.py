@@ -133,8 +133,8 @@ def test_broken_states_yaml_is_a_config_error_naming_the_problem(tmp_path, edit,
 def test_blend_runs_each_pump_cup_size_times_1000_times_ratio_over_its_flow(make_controller):
     flows = [10.0, 20.0, 25.0, 40.0, 50.0, 80.0, 100.0, 200.0]
     controller, _ = make_controller(pumps=[{"gpio": 2 + i, "flow_ml_s": f} for i, f in enumerate(flows)])
-    plan = controller.run_seconds(order_of(blend(0.2, {"0": 0.25, "3": 0.5, "5": 0, "7": 0.25}), 8))
-    assert plan == pytest.approx({0: 5.0, 3: 2.5, 7: 0.25})
+    seconds = controller.run_seconds(order_of(blend(0.2, {"0": 0.25, "3": 0.5, "5": 0, "7": 0.25}), 8))
+    assert seconds == pytest.approx({0: 5.0, 3: 2.5, 7: 0.25})
 
 
 @pytest.mark.parametrize(("pump", "seconds"), [("0", 2.0), (0, 2.0), (3, 0.35)])
