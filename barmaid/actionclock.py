@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from .clock import Clock
 from .drivers.base import Span, switches
+from .outcomes import ActionKind
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -35,8 +36,8 @@ class ActionClock:
         self,
         clock: Clock,
         interval: float,
-        kind: str,
-        plan: dict[int, Span],
+        kind: ActionKind,
+        spans: dict[int, Span],
         t0: float,
         done: threading.Event,
         status: Callable[[int], bool],
@@ -48,17 +49,19 @@ class ActionClock:
         Args:
             playing: for an adopted pour, whether the hardware still plays it; None otherwise.
         """
-        self._clock, self._interval, self._kind, self._plan = clock, interval, kind, plan
+        self._clock, self._interval, self._kind, self._spans = clock, interval, kind, spans
         self._done, self._status, self._end, self._fail, self._playing = done, status, end, fail, playing
-        self.end_at = t0 + max(span.stop for span in plan.values())
+        self.end_at = t0 + max(span.stop for span in spans.values())
         #: The pump switches still to log: (time, pump, on). What happened before an adopted
         #: pour was found was logged by the barmaid that started it.
-        self._to_log = [(t0 + at, pump, on) for at, pump, on in switches(plan) if at > 0 or not on]
+        self._to_log = [(t0 + at, pump, on) for at, pump, on in switches(spans)]
         if playing is not None:
             self._to_log = [switch for switch in self._to_log if switch[0] > clock.now()]
         self._next_status = t0 + interval
 
     def start(self) -> None:
+        """Logs the pumps that switched on at the start, then keeps the action's time."""
+        self._log_switches(self._clock.now())
         self._wake_at(self._next_wake())
 
     def _next_wake(self) -> float:
@@ -78,19 +81,23 @@ class ActionClock:
         if wake is not None:
             self._wake_at(wake)
 
+    def _log_switches(self, now: float) -> None:
+        """Logs each pump switch due by `now`."""
+        while self._to_log and self._to_log[0][0] <= now:
+            _, pump, on = self._to_log.pop(0)
+            span = self._spans[pump]
+            if on:
+                log.info("pump %d on for %.3f s (%s)", pump, span.seconds, self._kind)
+            else:
+                log.info("pump %d off after %.3f s", pump, span.seconds)
+
     def _tick(self) -> Optional[float]:
         """Logs each pump switch due, sends status when its time came, and ends the action at
         its end; returns when to wake next, None once the action is over."""
         if self._done.is_set():
             return None
         now = self._clock.now()
-        while self._to_log and self._to_log[0][0] <= now:
-            _, pump, on = self._to_log.pop(0)
-            span = self._plan[pump]
-            if on:
-                log.info("pump %d on for %.3f s (%s)", pump, span.seconds, self._kind)
-            else:
-                log.info("pump %d off after %.3f s", pump, span.seconds)
+        self._log_switches(now)
         if now < self.end_at:
             if now >= self._next_status:
                 if not self._status(math.ceil(self.end_at - now)):

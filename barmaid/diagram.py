@@ -24,7 +24,7 @@ def draw(fmt: str = "mermaid", definition: Optional[dict[str, Any]] = None) -> s
     Raises:
         BarmaidError: dot/svg asked for but Graphviz is missing, saying what to install.
     """
-    from .machine import load_definition
+    from .definition import load_definition
 
     if fmt not in FORMATS:
         raise BarmaidError(f"unknown diagram format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -11,18 +11,52 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, cast
 
 from .calibration import MIN_FLOW_ML_S, Law, Run, fit
 from .config import MAX_FLOW_ML_S, Config
 from .errors import BadMessage, BottleTooLow, StoreError
 from .outcomes import ActionKind, Outcome
-from .protocol import CalibrationPoint, PumpState
 from .store import PumpRecord, Store
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured calibrate run, and how far the fitted law is from it."""
+
+    #: How long the pump really ran.
+    seconds: float
+    #: What it poured, as measured.
+    ml: float
+    #: Unix time of the run.
+    taken: float
+    #: ml minus what the fitted law says the run poured.
+    residual_ml: float
+
+
+@dataclass(frozen=True)
+class Pump:
+    """What barmaid knows of one pump now."""
+
+    pump: int
+    #: What the bottle holds; None: not named.
+    name: Optional[str]
+    flow_ml_s: float
+    #: Start-up time: seconds on before liquid comes out.
+    dead_s: float
+    prime_ml: float
+    #: What is left in the bottle; None: not tracked.
+    level_ml: Optional[float]
+    #: A full bottle; None: unknown.
+    capacity_ml: Optional[float]
+    #: Length of the last calibrate run; None: none, or cut so its length is unknown.
+    calibration_seconds: Optional[float] = None
+    #: The runs flow_ml_s and dead_s are fitted to.
+    points: list[Point] = field(default_factory=list)
 
 
 class PumpBook:
@@ -34,8 +68,8 @@ class PumpBook:
         saved = store.pumps()
         #: pump -> its calibrate runs since its last reset, oldest first; the last is the one set_flow measures.
         self._runs = store.calibration_runs()
-        self.pumps: list[PumpState] = [
-            PumpState(
+        self.pumps: list[Pump] = [
+            Pump(
                 pump=number,
                 name=pump.name,
                 prime_ml=pump.prime_ml,
@@ -69,24 +103,25 @@ class PumpBook:
 
     # ---- what pours did ---------------------------------------------------------------------
 
-    def record_pour(self, kind: str, pour_id: int, outcome: Outcome, poured: dict[int, float]) -> None:
+    def record_pour(self, kind: ActionKind, pour_id: int, outcome: Outcome, poured: dict[int, float]) -> None:
         """What a pour did to each pump's level, in memory and, with its outcome, on disk."""
         updates: dict[int, dict[str, Optional[float]]] = {}
         for pump, ml in poured.items():
-            state, update = self.pumps[pump], {}
+            state = self.pumps[pump]
             if kind == ActionKind.REFILL:  # a new bottle, less what priming took from it
-                update["level_ml"] = None if state.capacity_ml is None else max(0.0, state.capacity_ml - ml)
+                level = None if state.capacity_ml is None else max(0.0, state.capacity_ml - ml)
             elif kind != ActionKind.CLEAN and state.level_ml is not None:  # cleaning runs water
-                update["level_ml"] = max(0.0, state.level_ml - ml)
-            if update:
-                updates[pump] = update
-                self.pumps[pump] = state.model_copy(update=update)
+                level = max(0.0, state.level_ml - ml)
+            else:
+                continue
+            updates[pump] = {"level_ml": level}
+            self.pumps[pump] = replace(state, level_ml=level)
         try:
             self._store.end_pour(pour_id, outcome, poured, updates)
         except StoreError as exc:
             log.error("the %s ended (%s) but could not be recorded: %s", kind, outcome, exc)
 
-    def record_failed(self, kind: str, pour_id: int) -> None:
+    def record_failed(self, kind: ActionKind, pour_id: int) -> None:
         """Records a pour that did not start: nothing poured, no level changed."""
         try:
             self._store.end_pour(pour_id, Outcome.FAILED, {}, {})
@@ -103,7 +138,7 @@ class PumpBook:
         except StoreError as exc:
             log.error("the calibrate run of pump %d could not be stored (%s); it is kept until a restart", pump, exc)
         self._runs[pump] = [*(r for r in self._runs.get(pump, []) if r.ml is not None), run]
-        self.pumps[pump] = self.pumps[pump].model_copy(update={"calibration_seconds": None if cut else seconds})
+        self.pumps[pump] = replace(self.pumps[pump], calibration_seconds=None if cut else seconds)
         if cut:
             log.warning(
                 "the calibrate run of pump %d was cut (%s): how long it ran is not known; calibrate again", pump, cut
@@ -116,7 +151,7 @@ class PumpBook:
         if capacity is not None and ml > capacity:
             raise BadMessage(f"set_level: pump {pump}'s bottle holds {capacity:g} ml, less than {ml:g}")
         self._store.set_pump(pump, level_ml=ml)
-        self.pumps[pump] = self.pumps[pump].model_copy(update={"level_ml": ml})
+        self.pumps[pump] = replace(self.pumps[pump], level_ml=ml)
 
     def set_flow(self, pump: int, ml: float) -> None:
         """The ml the pump's last calibrate run poured: a point; its law is fitted again to all."""
@@ -142,20 +177,20 @@ class PumpBook:
             values["level_ml"] = min(max(level, 0.0), state.capacity_ml or math.inf)
         run_id = self._store.save_calibration_run(measured, **values)
         self._runs[pump] = [*runs[:-1], replace(measured, id=run_id)]
-        self.pumps[pump] = state.model_copy(update={**fields, **values})
+        self.pumps[pump] = replace(state, **{**fields, **values})
         log.info("pump %d: %g ml in %.3f s; flow %.3f ml/s, start-up time %.3f s from %d points", pump, ml,
                  last.seconds, fields["flow_ml_s"], fields["dead_s"], len(fields["points"]))
 
     def reset_calibration(self, pump: int) -> None:
         self._store.reset_calibration(pump)
         self._runs[pump] = []
-        self.pumps[pump] = self.pumps[pump].model_copy(update=self._uncalibrated(pump))
+        self.pumps[pump] = replace(self.pumps[pump], **self._uncalibrated(pump))
         log.info("pump %d: calibration reset; flow %g ml/s from the config", pump, self.pumps[pump].flow_ml_s)
 
     # ---- calibration ------------------------------------------------------------------------
 
     def _loaded_calibration(self, pump: int, record: PumpRecord) -> dict[str, Any]:
-        """PumpState fields of a pump's calibration at start-up: fitted to its stored points,
+        """Pump fields of a pump's calibration at start-up: fitted to its stored points,
         else its stored one-number flow (older barmaid), else the config's."""
         runs = self._runs.get(pump, [])
         last = {"calibration_seconds": runs[-1].seconds if runs and not runs[-1].cut else None}
@@ -181,7 +216,7 @@ class PumpBook:
 
     @staticmethod
     def _fitted(runs: list[Run]) -> dict[str, Any]:
-        """PumpState fields of the law fitted to the measured runs, with each point's residual.
+        """Pump fields of the law fitted to the measured runs, with each point's residual.
 
         Raises:
             BadMessage: the runs fit no plausible pump.
@@ -192,7 +227,7 @@ class PumpBook:
             "flow_ml_s": result.law.flow_ml_s,
             "dead_s": result.law.dead_s,
             "points": [
-                CalibrationPoint(seconds=p.seconds, ml=cast(float, p.ml), taken=p.taken, residual_ml=round(residual, 3))
+                Point(p.seconds, cast(float, p.ml), p.taken, round(residual, 3))
                 for p, residual in zip(points, result.residuals_ml)
             ],
         }

@@ -1,4 +1,5 @@
-"""The WebSocket adapter: frames in, requests to the controller, replies and statuses out.
+"""The WebSocket adapter: frames in, requests to the controller (barmaid.dispatch), replies and
+statuses out, each to the clients it concerns.
 
 Every frame gets an answer or an effect; whatever goes wrong becomes one `error` reply to the
 sender, and the connection, the machine state and the pumps stay as they were.
@@ -13,14 +14,14 @@ from typing import Callable, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 from . import panel
+from .action import Event, Progress, Snapshot
 from .clock import Clock
 from .config import Config
+from .dispatch import pump_states, state_reply, submit
 from .drivers.base import Driver
 from .errors import BarmaidError, Busy, PumpsUnavailable, TokenRequired, error_code
-from .machine import Controller, Event, Progress
-from .outcomes import ActionKind
+from .machine import Controller
 from .protocol import (
-    Done,
     Echo,
     Error,
     Hello,
@@ -33,7 +34,6 @@ from .protocol import (
     SetLevel,
     Started,
     State,
-    StateReply,
     Status,
     Welcome,
     build,
@@ -52,7 +52,7 @@ def event_frames(event: Event) -> tuple[str, str]:
     if isinstance(event, Progress):
         frame = Status(
             remaining_time=event.remaining,
-            action=ActionKind(event.kind),
+            action=event.kind,
             initial_time=event.initial,
             outcome=event.outcome,
         ).frame()
@@ -178,15 +178,13 @@ class BarmaidServer:
         if request.blocking and client.id in self._extended:
             self._ack.send = lambda: client.send(self._started(request).frame(request_id))
         try:
-            reply = self.controller.submit(request)
+            reply = submit(self.controller, request)
         finally:
             unsent, self._ack.send = getattr(self._ack, "send", None), None
         if unsent is not None:  # it started without a status from this thread: acknowledge it now
             unsent()
         if request.guarded and not request.blocking:
             log.info("%r: %s %s", client, request.type, request.model_dump_json())
-        if reply is None and hasattr(request, "pump") and not request.blocking:
-            reply = Done(request=request.type, pump=self.controller.snapshot().pumps[request.pump])
         if reply is not None:
             client.send(reply.frame(request_id))
 
@@ -252,12 +250,12 @@ class BarmaidServer:
             token_required=token is not None,
             may_pour=may_pour,
             hardware=self.controller.driver.available,
-            pumps=self.controller.snapshot().pumps,
+            pumps=pump_states(self.controller.snapshot()),
         )
 
-    def _publish_state(self, state: StateReply) -> None:
+    def _publish_state(self, snapshot: Snapshot) -> None:
         # `state` is not in the seed protocol: only clients that asked for it get it.
-        frame = state.frame()
+        frame = state_reply(snapshot).frame()
         with self._watchers_lock:
             watchers = set(self._watchers)
         for client in self.transport.clients():

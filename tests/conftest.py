@@ -21,10 +21,11 @@ import yaml
 from support.processes import ENV
 from websocket_server import WebsocketServer
 
+from barmaid.action import Event
 from barmaid.clock import Clock
 from barmaid.config import DEFAULT_GPIOS, Config, load_config
 from barmaid.drivers.simulated import SimulatedDriver
-from barmaid.machine import Controller, Event
+from barmaid.machine import Controller
 from barmaid.protocol import schema
 from barmaid.server import BarmaidServer, event_frames
 

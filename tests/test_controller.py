@@ -16,9 +16,11 @@ from conftest import Broadcasts, fast_pumps, status_times
 
 from barmaid.clock import FakeClock
 from barmaid.config import load_config
+from barmaid.definition import load_definition, states_file
+from barmaid.dispatch import order_of, submit
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import BottleTooLow, Busy, ConfigError, PourRejected
-from barmaid.machine import Controller, load_definition, states_file
+from barmaid.machine import Controller
 from barmaid.protocol import Limits, parse
 from barmaid.store import Store
 
@@ -131,15 +133,15 @@ def test_broken_states_yaml_is_a_config_error_naming_the_problem(tmp_path, edit,
 def test_blend_runs_each_pump_cup_size_times_1000_times_ratio_over_its_flow(make_controller):
     flows = [10.0, 20.0, 25.0, 40.0, 50.0, 80.0, 100.0, 200.0]
     controller, _ = make_controller(pumps=[{"gpio": 2 + i, "flow_ml_s": f} for i, f in enumerate(flows)])
-    plan = controller.plan(blend(0.2, {"0": 0.25, "3": 0.5, "5": 0, "7": 0.25}))
-    assert plan == pytest.approx({0: 5.0, 3: 2.5, 7: 0.25})
+    seconds = controller.run_seconds(order_of(blend(0.2, {"0": 0.25, "3": 0.5, "5": 0, "7": 0.25}), 8))
+    assert seconds == pytest.approx({0: 5.0, 3: 2.5, 7: 0.25})
 
 
 @pytest.mark.parametrize(("pump", "seconds"), [("0", 2.0), (0, 2.0), (3, 0.35)])
 def test_refill_runs_prime_ml_over_flow(make_controller, pump, seconds):
     pumps = [{"gpio": 2 + i, "flow_ml_s": 10.0 * (i + 1), "prime_ml": 20.0 - 2 * i} for i in range(8)]
     controller, _ = make_controller(pumps=pumps)
-    assert controller.plan(refill(pump)) == pytest.approx({int(pump): seconds})
+    assert controller.run_seconds(order_of(refill(pump), 8)) == pytest.approx({int(pump): seconds})
 
 
 # ---- pours, in fake time --------------------------------------------------------------------
@@ -153,7 +155,7 @@ def clock() -> FakeClock:
 def test_blend_goes_blending_then_idle_exactly_when_the_last_pump_stops(make_controller, clock):
     controller, _broadcasts = make_controller(clock=clock)
     assert controller.state == "idle"
-    controller.submit(blend(0.1, {"1": 0.2, "4": 0.3, "6": 0.5}))  # the longest: 50 ml at 400 ml/s
+    submit(controller, blend(0.1, {"1": 0.2, "4": 0.3, "6": 0.5}))  # the longest: 50 ml at 400 ml/s
     clock.advance(0.124)
     assert controller.state == "blending" and controller.driver.is_on(6)
     clock.advance(0.001)
@@ -164,7 +166,7 @@ def test_blend_goes_blending_then_idle_exactly_when_the_last_pump_stops(make_con
 
 def test_blend_starts_every_pump_at_one_instant_and_stops_each_after_its_seconds(make_controller, clock):
     controller, _ = make_controller(clock=clock)
-    controller.submit(blend(0.1, {"1": 0.2, "4": 0.3, "6": 0.5}))
+    submit(controller, blend(0.1, {"1": 0.2, "4": 0.3, "6": 0.5}))
     clock.run()
     ons, offs = switches(controller, on=True), switches(controller, on=False)
     assert len(controller.driver.timeline) == 6
@@ -174,7 +176,7 @@ def test_blend_starts_every_pump_at_one_instant_and_stops_each_after_its_seconds
 
 def test_refill_goes_refilling_and_runs_one_pump_for_its_prime_time(make_controller, clock):
     controller, _ = make_controller(clock=clock)
-    controller.submit(refill("2"))  # prime_ml 40 at 400 ml/s
+    submit(controller, refill("2"))  # prime_ml 40 at 400 ml/s
     assert controller.state == "refilling"
     clock.run()
     assert controller.state == "idle"
@@ -196,7 +198,7 @@ def test_status_counts_down_every_status_interval_from_ceil_seconds_to_exactly_o
     make_controller, clock, request_, countdown
 ):
     controller, broadcasts = make_controller(clock=clock, status_interval=0.25, **LONG)
-    controller.submit(request_())
+    submit(controller, request_())
     clock.run()
     assert {m["type"] for m in broadcasts.messages} == {"status"}
     assert status_times(broadcasts.messages) == countdown
@@ -205,7 +207,7 @@ def test_status_counts_down_every_status_interval_from_ceil_seconds_to_exactly_o
 
 def test_a_status_interval_that_does_not_divide_the_pour_still_ends_it_on_time(make_controller, clock):
     controller, broadcasts = make_controller(clock=clock, status_interval=1.0, **LONG)
-    controller.submit(refill(0))  # 2.5 s: statuses at 0, 1 and 2 s, the end at 2.5 s
+    submit(controller, refill(0))  # 2.5 s: statuses at 0, 1 and 2 s, the end at 2.5 s
     clock.advance(2.499)
     assert status_times(broadcasts.messages) == [3, 2, 1]
     clock.advance(0.001)
@@ -230,10 +232,10 @@ def test_second_pour_while_busy_raises_busy_and_leaves_the_first_untouched(
     make_controller, clock, first, second, answer
 ):
     controller, broadcasts = make_controller(clock=clock, **LONG)
-    controller.submit(first())
+    submit(controller, first())
     state, timeline = controller.state, list(controller.driver.timeline)
     with pytest.raises(Busy) as caught:
-        controller.submit(second())
+        submit(controller, second())
     assert str(caught.value) == answer
     assert controller.state == state
     assert controller.driver.timeline == timeline == [timeline[0]]
@@ -243,13 +245,13 @@ def test_second_pour_while_busy_raises_busy_and_leaves_the_first_untouched(
 
 def test_the_retry_time_counts_down_with_the_pour(make_controller, clock):
     controller, _ = make_controller(clock=clock, **LONG)
-    controller.submit(blend(1.0, {"0": 1}))  # 2.5 s
+    submit(controller, blend(1.0, {"0": 1}))  # 2.5 s
     clock.advance(1.5)
     with pytest.raises(Busy, match=r"^Already blending ! Retry in 1 sec$"):
-        controller.submit(refill(1))
+        submit(controller, refill(1))
     clock.advance(0.4)
     with pytest.raises(Busy, match=r"^Already blending ! Retry in 1 sec$"):
-        controller.submit(refill(1))
+        submit(controller, refill(1))
 
 
 def test_two_blends_at_the_same_instant_start_exactly_one(make_controller):
@@ -258,16 +260,16 @@ def test_two_blends_at_the_same_instant_start_exactly_one(make_controller):
         barrier = threading.Barrier(2)
         outcomes: list[str] = []
 
-        def submit(pump: str, barrier=barrier, controller=controller, outcomes=outcomes) -> None:
+        def race(pump: str, barrier=barrier, controller=controller, outcomes=outcomes) -> None:
             request = blend(1.0, {pump: 1})
             barrier.wait(timeout=2)
             try:
-                controller.submit(request)
+                submit(controller, request)
                 outcomes.append("started")
             except Busy as exc:
                 outcomes.append(str(exc))
 
-        threads = [threading.Thread(target=submit, args=(pump,)) for pump in ("0", "1")]
+        threads = [threading.Thread(target=race, args=(pump,)) for pump in ("0", "1")]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -282,7 +284,7 @@ def test_two_blends_at_the_same_instant_start_exactly_one(make_controller):
 
 def test_close_mid_pour_switches_every_pump_off_at_once_and_sends_status_0(make_controller, clock):
     controller, broadcasts = make_controller(clock=clock, **LONG)
-    controller.submit(blend(1.0, {"0": 0.5, "3": 0.25, "7": 0.25}))  # 1.25 s
+    submit(controller, blend(1.0, {"0": 0.5, "3": 0.25, "7": 0.25}))  # 1.25 s
     clock.advance(0.5)
     controller.close()
     ons, offs = switches(controller, on=True), switches(controller, on=False)
@@ -312,7 +314,7 @@ def test_exception_while_starting_a_pour_still_returns_to_idle():
     controller, _ = fake_controller(broadcast_failing_once)
     try:
         with pytest.raises(RuntimeError):
-            controller.submit(blend(0.001, {"0": 1}))
+            submit(controller, blend(0.001, {"0": 1}))
         assert controller.state == "idle"
         assert not controller.driver.is_on(0)
     finally:
@@ -329,7 +331,7 @@ def test_a_clock_that_fails_mid_pour_ends_the_action_instead_of_leaving_it_busy(
 
     controller, clock = fake_controller(broadcast_failing_on_ticks)
     try:
-        controller.submit(blend(0.01, {"0": 1}))  # 0.5 s at 20 ml/s
+        submit(controller, blend(0.01, {"0": 1}))  # 0.5 s at 20 ml/s
         clock.advance(0.05)
         assert controller.state == "idle"
         assert not controller.driver.is_on(0)
@@ -352,7 +354,7 @@ class RefusingDriver(SimulatedDriver):
 @pytest.mark.parametrize(
     ("setup", "cup_size", "refusal"),
     [
-        (lambda controller: controller.submit(set_level(0, 10.0)), 0.1, BottleTooLow),
+        (lambda controller: submit(controller, set_level(0, 10.0)), 0.1, BottleTooLow),
         (lambda controller: None, 1.0, PourRejected),  # 2.5 s, over max_pump_seconds 2
         ("refusing-driver", 0.1, PourRejected),
     ],
@@ -367,7 +369,7 @@ def test_a_pour_refused_before_anything_moves_leaves_no_history_row(write_config
         if callable(setup):
             setup(controller)
         with pytest.raises(refusal):
-            controller.submit(blend(cup_size, {"0": 1}))
+            submit(controller, blend(cup_size, {"0": 1}))
         assert controller.store.history() == []
         assert controller.driver.timeline == []
         assert controller.state == "idle"
@@ -383,7 +385,7 @@ def test_a_restart_adopts_the_pour_still_playing_and_ends_it_exactly_when_the_ha
     clock = FakeClock()
     driver = SimulatedDriver([p.gpio for p in config.pumps], config.limits.max_pump_seconds, clock)
     first = Controller(config, driver, Broadcasts(), store=Store(tmp_path), clock=clock)
-    first.submit(blend(0.4, {"0": 1}))  # 400 ml at 400 ml/s: 1 s
+    submit(first, blend(0.4, {"0": 1}))  # 400 ml at 400 ml/s: 1 s
     clock.advance(0.25)
     first.action.done.set()  # what kill -9 leaves: its clock stops, the pumps' timeline plays on
     first.store._db.close()

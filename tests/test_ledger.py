@@ -44,6 +44,7 @@ from support.timing import TOLERANCE
 
 import barmaid.store as store_module
 from barmaid.config import Config, load_config
+from barmaid.dispatch import submit
 from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.errors import Busy, PumpsUnavailable, StoreError
 from barmaid.machine import Controller
@@ -111,16 +112,16 @@ def test_a_failed_end_record_is_written_with_the_next_write_so_a_restart_counts_
     busy_timeout(0.05)
     config = ledger_config(write_config, tmp_path)
     controller = Controller(config, sim(config), Broadcasts(), store=Store(tmp_path))
-    controller.submit(request("set_level", pump=0, ml=600))
+    submit(controller, request("set_level", pump=0, ml=600))
     broadcasts = controller._broadcast
-    controller.submit(blend_request(0.04, {"0": 1}))  # 40 ml, 0.1 s
+    submit(controller, blend_request(0.04, {"0": 1}))  # 40 ml, 0.1 s
     blocker = lock_writes(tmp_path / FILENAME)  # its end cannot be written
     broadcasts.wait_for(timeout=10)  # (a store without a settable busy timeout waits 5 s)
     blocker.rollback()
     blocker.close()
     assert controller.pumps[0].level_ml == pytest.approx(560)  # memory moved on, the disk did not
     assert controller.store.history()[0].outcome == "completed"  # history shows it as it will be
-    controller.submit(blend_request(0.03, {"0": 1}))  # 30 ml: written, and the first with it
+    submit(controller, blend_request(0.03, {"0": 1}))  # 30 ml: written, and the first with it
     assert eventually(lambda: sum(map(is_final_status, broadcasts.messages)) == 2)
     controller.close()
 
@@ -197,14 +198,14 @@ def test_a_restart_adopts_the_pour_still_playing_and_records_it_completed_once(t
     config = ledger_config(write_config, tmp_path)
     driver = sim(config)
     first = Controller(config, driver, Broadcasts(), store=Store(tmp_path))
-    first.submit(request("set_level", pump=0, ml=600))
-    first.submit(blend_request(0.4, {"0": 1}))  # 400 ml in 1 s
+    submit(first, request("set_level", pump=0, ml=600))
+    submit(first, blend_request(0.4, {"0": 1}))  # 400 ml in 1 s
     crash(first)
 
     second, broadcasts, _, _ = restart(config, driver)
     assert second.state == "blending" and driver.is_on(0)
     with pytest.raises(Busy, match=r"^Already blending ! Retry in 1 sec$"):
-        second.submit(blend_request(0.1, {"1": 1}))
+        submit(second, blend_request(0.1, {"1": 1}))
     messages = broadcasts.wait_for()
     statuses = [m["data"] for m in messages if m["type"] == "status"]
     assert statuses[0]["remaining_time"] == 1 and statuses[-1] == {
@@ -230,7 +231,7 @@ def test_an_adopted_action_is_in_its_own_busy_state(tmp_path, write_config, rest
     config = ledger_config(write_config, tmp_path)
     driver = sim(config)
     first = Controller(config, driver, Broadcasts(), store=Store(tmp_path))
-    first.submit(action)
+    submit(first, action)
     crash(first)
     second, broadcasts, _, _ = restart(config, driver)
     assert second.state == state and second.action.kind == action.type
@@ -245,10 +246,10 @@ def test_a_restart_counts_a_pour_no_longer_playing_up_to_now_never_more_than_pla
     config = ledger_config(write_config, tmp_path)
     driver = sim(config)
     first = Controller(config, driver, Broadcasts(), store=Store(tmp_path))
-    first.submit(request("set_level", pump=0, ml=600))
+    submit(first, request("set_level", pump=0, ml=600))
     seconds = 1.0 if cut_after else 0.1
     sent = time.monotonic()
-    first.submit(blend_request(0.4 * seconds, {"0": 1}))
+    submit(first, blend_request(0.4 * seconds, {"0": 1}))
     returned = time.monotonic()
     crash(first)
     if cut_after:  # the daemon restarted, say: the wave is gone
@@ -275,8 +276,8 @@ def test_a_pour_from_another_boot_is_counted_in_full(tmp_path, write_config, res
     config = ledger_config(write_config, tmp_path)
     driver = sim(config)
     first = Controller(config, driver, Broadcasts(), store=Store(tmp_path))
-    first.submit(request("set_level", pump=0, ml=600))
-    first.submit(blend_request(0.4, {"0": 1}))
+    submit(first, request("set_level", pump=0, ml=600))
+    submit(first, blend_request(0.4, {"0": 1}))
     crash(first)
     driver.halt()  # the power went
     monkeypatch.setattr(store_module, "boot_id", lambda: "the-next-boot", raising=False)
@@ -299,9 +300,9 @@ def test_a_pour_the_daemon_may_have_started_is_counted_in_full_as_lost_in_plain_
     config = ledger_config(write_config, tmp_path)
     driver = DiesAfterSending([pump.gpio for pump in config.pumps], config.limits.max_pump_seconds)
     controller = restart(config, driver).controller
-    controller.submit(request("set_level", pump=0, ml=600))
+    submit(controller, request("set_level", pump=0, ml=600))
     with pytest.raises(PumpsUnavailable) as raised:
-        controller.submit(blend_request(0.1, {"0": 1}))
+        submit(controller, blend_request(0.1, {"0": 1}))
     message = str(raised.value)
     assert "unpack" not in message and "buffer" not in message
     assert "counted as poured in full" in message and "100.0 ml" in message

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from barmaid.calibration import Law
+from barmaid.dispatch import order_of
 from barmaid.drivers.base import Span
 from barmaid.errors import BadMessage
 from barmaid.outcomes import Outcome
@@ -20,7 +21,8 @@ LAWS = [Law(100.0), Law(50.0, dead_s=0.5), Law(200.0)]
 
 
 def request(kind: str, **data):
-    return parse(json.dumps({"type": kind, "data": data}), LIMITS)
+    """The order a request of `kind` with `data` places."""
+    return order_of(parse(json.dumps({"type": kind, "data": data}), LIMITS), LIMITS.pumps)
 
 
 def test_run_seconds_of_a_blend_adds_each_pumps_start_up_time_to_volume_over_flow():
@@ -40,17 +42,17 @@ def test_run_seconds_of_calibrate_and_clean_are_the_seconds_asked_clean_all_by_d
 
 
 def test_planned_ml_and_poured_follow_the_law_nothing_during_the_start_up_time():
-    plan, ml = {0: Span(0.0, 1.0), 1: Span(0.0, 2.5)}, planned_ml({0: 1.0, 1: 2.5}, LAWS)
+    spans, ml = {0: Span(0.0, 1.0), 1: Span(0.0, 2.5)}, planned_ml({0: 1.0, 1: 2.5}, LAWS)
     assert ml == {0: 100.0, 1: 100.0}
     dead = {1: 0.5}
-    assert poured(plan, ml, dead, 0.5) == {0: 50.0, 1: 0.0}
-    assert poured(plan, ml, dead, 1.5) == {0: 100.0, 1: 50.0}
-    assert poured(plan, ml, dead, 99.0) == {0: 100.0, 1: 100.0}
+    assert poured(spans, ml, dead, 0.5) == {0: 50.0, 1: 0.0}
+    assert poured(spans, ml, dead, 1.5) == {0: 100.0, 1: 50.0}
+    assert poured(spans, ml, dead, 99.0) == {0: 100.0, 1: 100.0}
 
 
 def test_poured_counts_nothing_for_a_pump_whose_turn_had_not_come():
-    plan = {0: Span(0.0, 1.0), 1: Span(1.0, 2.0)}
-    assert poured(plan, {0: 100.0, 1: 100.0}, {}, 0.75) == {0: 75.0, 1: 0.0}
+    spans = {0: Span(0.0, 1.0), 1: Span(1.0, 2.0)}
+    assert poured(spans, {0: 100.0, 1: 100.0}, {}, 0.75) == {0: 75.0, 1: 0.0}
 
 
 @pytest.mark.parametrize(
@@ -88,16 +90,16 @@ def test_schedule_keeps_every_pumps_seconds_and_never_exceeds_the_lanes(lanes):
     rng = random.Random(lanes)
     for _ in range(200):
         seconds = {p: round(rng.uniform(0.01, 5), 3) for p in rng.sample(range(8), rng.randint(1, 8))}
-        plan = schedule(seconds, lanes)
-        assert set(plan) == set(seconds)
-        for pump, span in plan.items():
+        spans = schedule(seconds, lanes)
+        assert set(spans) == set(seconds)
+        for pump, span in spans.items():
             assert span.start >= 0 and span.seconds == pytest.approx(seconds[pump])
-        edges = sorted([(s.start, 1) for s in plan.values()] + [(s.stop, -1) for s in plan.values()])
+        edges = sorted([(s.start, 1) for s in spans.values()] + [(s.stop, -1) for s in spans.values()])
         running = 0
         for _, change in edges:  # at a tie, a stop (-1) sorts before a start
             running += change
             assert running <= lanes
-        whole = max(s.stop for s in plan.values())
+        whole = max(s.stop for s in spans.values())
         # Greedy list scheduling is never worse than the mean load plus the longest job.
         assert whole <= sum(seconds.values()) / lanes + max(seconds.values()) + 1e-9
         if lanes >= len(seconds):

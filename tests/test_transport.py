@@ -388,7 +388,7 @@ def test_an_exception_in_the_handler_is_logged_with_context_and_answered_with_on
 
         monkeypatch.setattr(server_module, "build", build_failing_on_blend)
     else:
-        monkeypatch.setattr(server.controller, "submit", fail)
+        monkeypatch.setattr(server.controller, "pour", fail)
     client = raw(server.port)
     client.send_frame(TEXT, BLEND.encode())
     reply = client.recv_json()

@@ -20,13 +20,15 @@ from conftest import Peer, eventually, fast_pumps, is_final_status
 from fake_pigpiod import FakePigpiod
 
 import barmaid.drivers.daemon as daemon_driver
+from barmaid.action import Action
 from barmaid.calibration import Law, Run
 from barmaid.config import DEFAULT_GPIOS, load_config
+from barmaid.dispatch import order_of
 from barmaid.drivers.base import Span
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.drivers.simulated import SimulatedDriver, Truth
 from barmaid.errors import ConfigError
-from barmaid.machine import Action
+from barmaid.outcomes import ActionKind
 from barmaid.protocol import parse
 from barmaid.server import BarmaidServer
 from barmaid.store import Store
@@ -118,7 +120,7 @@ def test_a_pour_of_v_ml_runs_dead_s_plus_v_over_flow():
 
 
 def test_a_stopped_pour_counts_nothing_during_the_start_up_time_then_the_flow():
-    action = Action("blend", {0: Span(0.0, 0.55), 1: Span(0.0, 0.25)}, {0: 10.0, 1: 5.0}, dead_s={0: 0.05})
+    action = Action(ActionKind.BLEND, {0: Span(0.0, 0.55), 1: Span(0.0, 0.25)}, {0: 10.0, 1: 5.0}, dead_s={0: 0.05})
     assert action.poured(0.04) == {0: 0.0, 1: 0.8}
     assert action.poured(0.30) == {0: 5.0, 1: 5.0}
     assert action.poured(9.0) == {0: 10.0, 1: 5.0}
@@ -228,7 +230,7 @@ def test_a_pump_with_no_start_up_time_keeps_the_seed_formula(start):
     state = bartender.calibrate(2, LONG_RUN)["data"]["pumps"][2]
     assert state["dead_s"] == 0.0 and state["flow_ml_s"] == pytest.approx(250.0)
     blend = parse(json.dumps({"type": "blend", "data": {"cup_size": 0.05, "ratios": {"2": 0.5}}}), server.limits)
-    assert server.controller.plan(blend) == {2: 0.05 * 1000 * 0.5 / state["flow_ml_s"]}
+    assert server.controller.run_seconds(order_of(blend, 8)) == {2: 0.05 * 1000 * 0.5 / state["flow_ml_s"]}
     bartender.close()
 
 
@@ -242,9 +244,9 @@ def test_pours_in_groups_of_max_parallel_pumps_are_timed_by_each_pumps_law(start
     bartender = Bartender(server)
     poured = bartender.pour(dict.fromkeys(TRUTHS, 20.0))
     assert all(within_target(poured[pump] - 20.0, 20.0) for pump in TRUTHS), poured
-    spans = server.controller.plan(parse(json.dumps(
-        {"type": "blend", "data": {"cup_size": 0.06, "ratios": {str(p): 1 / 3 for p in TRUTHS}}}), server.limits))
-    assert spans == {p: pytest.approx(dead + 20.0 / flow) for p, (flow, dead) in TRUTHS.items()}
+    seconds = server.controller.run_seconds(order_of(parse(json.dumps(
+        {"type": "blend", "data": {"cup_size": 0.06, "ratios": {str(p): 1 / 3 for p in TRUTHS}}}), server.limits), 8))
+    assert seconds == {p: pytest.approx(dead + 20.0 / flow) for p, (flow, dead) in TRUTHS.items()}
     bartender.close()
 
 
