@@ -5,7 +5,7 @@ counted twice.** When barmaid cannot know what a pour did (a lost daemon, a cras
 most that can have been poured and says so in the pour's outcome.
 
 How the store keeps it: SQLite in WAL mode with synchronous=FULL. A pour is written when it
-starts, with what a restart needs to count it (its plan's spans, `time.monotonic()` at its start
+starts, with what a restart needs to count it (its spans, `time.monotonic()` at its start
 and the boot id, so the time it ran is known exactly within one boot), and when it ends, its
 outcome together with the levels it changed, in ONE transaction: a row still `running` has
 changed no level on disk, so a restart deducts it exactly once. An end record that cannot be
