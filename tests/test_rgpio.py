@@ -147,7 +147,7 @@ def test_unreachable_daemon_refuses_pours_says_how_to_start_it_and_connects_when
 def test_a_crashed_barmaids_pour_is_left_to_end_on_time_then_every_pump_goes_off(daemon, drivers):
     first = drivers(daemon.port)
     daemon.clear_history()
-    first.pour({0: 0.3, 1: 0.15})
+    first.pour({0: 0.8, 1: 0.4})  # long enough to outlast a connect on a busy machine
     crash(first)
     second = drivers(daemon.port)
     assert second.playing() and daemon.wave_busy()
@@ -155,8 +155,8 @@ def test_a_crashed_barmaids_pour_is_left_to_end_on_time_then_every_pump_goes_off
         second.pour({2: 0.1})
     second.halt()  # never halts a pour it found playing
     assert daemon.wait_for(lambda: not daemon.wave_busy(), 2)
-    assert daemon.on_durations(5) == [pytest.approx(0.3, abs=1e-3)]
-    assert daemon.on_durations(6) == [pytest.approx(0.15, abs=1e-3)]
+    assert daemon.on_durations(5) == [pytest.approx(0.8, abs=1e-3)]
+    assert daemon.on_durations(6) == [pytest.approx(0.4, abs=1e-3)]
     assert eventually(lambda: not second.playing())
     assert eventually(lambda: held_by_barmaid(daemon)) and levels(daemon) == ALL_OFF
     second.pour({2: 0.02})
