@@ -14,8 +14,11 @@ import time
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import Peer, close_quickly, fast_pumps, is_final_status
-from fake_pigpiod import FakePigpiod
+from support.fake_pigpiod import FakePigpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.pumps import fast_pumps
+from support.servers import close_quickly
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run, fit

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST_FLOW_ML_S, assert_countdown, close_quickly
+from support.pumps import FAST_FLOW_ML_S
+from support.servers import close_quickly
+from support.timeline import assert_countdown
 
 from barmaid.client import CannotConnect, Client, ConnectionLost, Refused
 from barmaid.server import BarmaidServer

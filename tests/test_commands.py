@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FAST_FLOW_ML_S, Ran, assert_countdown, is_final_status, run_main
 from support import processes
+from support.cli import Ran, run_main
+from support.messages import is_final_status
 from support.processes import PROCESS_TIMEOUT, ROOT
+from support.pumps import FAST_FLOW_ML_S
+from support.timeline import assert_countdown
 
 from barmaid.cli import main
 from barmaid.client import Client

@@ -9,8 +9,10 @@ import logging
 import socket
 
 import pytest
-from conftest import assert_countdown, eventually, is_final_status, status_times
+from support.messages import is_final_status
+from support.timeline import assert_countdown, status_times
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 BLEND = {"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 0.5, "1": 0.5}}}  # 50 ml at 400 ml/s
 

@@ -14,10 +14,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import Peer, close_quickly, fast_pumps, is_final_status
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support.rawws import RawClient, rss_bytes, wait_until
+from support.messages import is_final_status
+from support.peer import Peer
+from support.pumps import fast_pumps
+from support.rawws import RawClient, rss_bytes
+from support.servers import close_quickly
+from support.waiting import wait_until
 
 from barmaid import transport
 from barmaid.config import Config

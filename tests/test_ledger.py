@@ -25,22 +25,17 @@ from typing import Any, NamedTuple, Optional
 
 import pytest
 import yaml
-from conftest import Broadcasts, Peer, eventually, is_final_status
-from fake_pigpiod import FakePigpiod
+from support.broadcasts import Broadcasts
 from support.daemons import free_port
-from support.processes import ROOT, barmaid_process  # noqa: F401 (barmaid_process: a fixture)
-from support.rig import (
-    blend,
-    history,
-    is_state,
-    is_type,
-    levels,
-    make_rig,  # noqa: F401 (a fixture)
-    on_times,
-    pumps_with,
-    set_level,
-)
+from support.fake_pigpiod import FakePigpiod
+from support.messages import is_final_status, is_state, is_type
+from support.peer import Peer
+from support.processes import ROOT
+from support.pumps import pumps_with
+from support.rig import blend, history, levels, set_level
+from support.timeline import on_times
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 import barmaid.store as store_module
 from barmaid.config import Config, load_config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pigpio
 import pytest
-from fake_pigpiod import FakePigpiod
+from support.fake_pigpiod import FakePigpiod
 
 from barmaid.cli import main
 from barmaid.config import DEFAULT_GPIOS, DriverConfig

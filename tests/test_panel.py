@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import Peer, eventually, fast_pumps
+from support.peer import Peer
+from support.pumps import fast_pumps
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 from barmaid import panel
 from barmaid.config import Config, load_config

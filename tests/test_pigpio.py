@@ -13,23 +13,23 @@ import time
 
 import pigpio
 import pytest
-from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
-from fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
-from support.daemons import (
-    barmaid_process,
-    blend,
-    daemon_config,
-    free_port,
-    quick_reconnects,  # noqa: F401 (an autouse fixture)
-    sigkill_mid_pour,
-)
+from support.daemons import blend, daemon_config, free_port, sigkill_mid_pour
+from support.fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.processes import serving
+from support.timeline import assert_countdown, status_times
 from support.timing import allowance
+from support.waiting import eventually
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import PourRejected, PumpsUnavailable
 from barmaid.server import BarmaidServer
+
+# Heartbeat and reconnect backoff of the daemon drivers in tens of milliseconds.
+pytestmark = pytest.mark.usefixtures("quick_reconnects")
 
 
 @pytest.fixture
@@ -309,7 +309,7 @@ def test_a_pour_of_ours_is_playing_until_it_ends(driver, daemon):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_pour_switches_every_pump_off_and_exits_0(daemon, write_config, signum):
     config = daemon_config(write_config, "pigpio", daemon.port, flow=5.0)  # 20 ml at 5 ml/s: 4 s
-    with barmaid_process(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
+    with serving(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
         client = Peer(f"ws://127.0.0.1:{config.server.port}/")
         client.send(blend(20))
         client.recv_until(lambda m: m["type"] == "status")
@@ -325,7 +325,7 @@ def test_a_signal_mid_pour_switches_every_pump_off_and_exits_0(daemon, write_con
 
 def test_sigkill_mid_pour_cannot_stretch_it_the_daemon_stops_the_pumps_on_time(daemon, write_config):
     config = daemon_config(write_config, "pigpio", daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
-    with barmaid_process(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
+    with serving(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
         daemon.clear_history()
         sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)

@@ -13,17 +13,14 @@ import time
 
 import pytest
 import rgpio
-from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
-from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
-from support.daemons import (
-    barmaid_process,
-    blend,
-    daemon_config,
-    free_port,
-    quick_reconnects,  # noqa: F401 (an autouse fixture)
-    sigkill_mid_pour,
-)
+from support.daemons import blend, daemon_config, free_port, sigkill_mid_pour
+from support.fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.processes import serving
+from support.timeline import assert_countdown, status_times
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 import barmaid.drivers.daemon as daemon_driver
 import barmaid.drivers.rgpio as rgpio_driver
@@ -33,6 +30,9 @@ from barmaid.errors import Busy, PumpsUnavailable
 from barmaid.server import BarmaidServer
 
 ALL_OFF = dict.fromkeys(DEFAULT_GPIOS, 0)
+
+# Heartbeat and reconnect backoff of the daemon drivers in tens of milliseconds.
+pytestmark = pytest.mark.usefixtures("quick_reconnects")
 
 
 @pytest.fixture
@@ -331,7 +331,7 @@ def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it
 def test_sigkill_mid_pour_cannot_stretch_it_rgpiod_stops_the_pumps_on_time(daemon, write_config):
     config = daemon_config(write_config, "rgpio", daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
     path = write_config(config.model_dump(mode="json"), name="process.yaml")
-    with barmaid_process(path, "--driver", "rgpio") as process:
+    with serving(path, "--driver", "rgpio") as process:
         daemon.clear_history()
         sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)

@@ -10,7 +10,8 @@ import logging
 import subprocess
 
 import pytest
-from conftest import assert_countdown, is_final_status, status_times
+from support.messages import is_final_status
+from support.timeline import assert_countdown, status_times
 from support.timing import TOLERANCE
 
 from barmaid import __version__, protocol
@@ -289,7 +290,8 @@ def test_state_says_whether_the_pump_hardware_is_reachable(server, connect, monk
 
 
 def test_pump_names_from_the_config_show_in_state_and_welcome(fast_config):
-    from conftest import Peer, close_quickly
+    from support.peer import Peer
+    from support.servers import close_quickly
 
     from barmaid.drivers.simulated import SimulatedDriver
     from barmaid.server import BarmaidServer
@@ -337,8 +339,8 @@ def test_serve_with_port_0_listens_on_a_free_port_and_logs_it(tmp_path):
     import re
     import signal
 
-    from conftest import Peer
     from support import processes
+    from support.peer import Peer
 
     proc = processes.spawn("serve", "--host", "127.0.0.1", "--port", "0", cwd=tmp_path, stdout=subprocess.DEVNULL)
     try:

@@ -16,20 +16,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import Peer
 from support.daemons import free_port
-from support.processes import ROOT, barmaid_process  # noqa: F401 (barmaid_process: a fixture)
-from support.rig import (
-    ask_state,
-    blend,
-    history,
-    is_state,
-    is_type,
-    levels,
-    make_rig,  # noqa: F401 (a fixture)
-    pumps_with,
-    set_level,
-)
+from support.messages import is_state, is_type
+from support.peer import Peer
+from support.pumps import pumps_with
+from support.rig import ask_state, blend, history, levels, set_level
 from support.timing import TOLERANCE
 
 import barmaid.store as store_module

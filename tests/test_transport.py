@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, status_times
-from support.rawws import BIG, RawClient, frame_bytes, rss_bytes, text_frame, wait_until
+from support.rawws import BIG, RawClient, frame_bytes, rss_bytes, text_frame
+from support.servers import close_quickly
+from support.timeline import assert_countdown, status_times
+from support.waiting import RECV_TIMEOUT, wait_until
 
 from barmaid import frames, transport
 from barmaid import server as server_module
@@ -726,7 +728,7 @@ def limited_server(write_config):
     started: list[LimitedServer] = []
 
     def start(spare_descriptors: int, flow_ml_s: float = 400.0) -> LimitedServer:
-        from conftest import fast_pumps
+        from support.pumps import fast_pumps
 
         started.append(LimitedServer(write_config({"pumps": fast_pumps(flow_ml_s)}), spare_descriptors))
         return started[-1]

@@ -16,8 +16,11 @@ import time
 from typing import Any, Optional
 
 import pytest
-from conftest import Peer, eventually, fast_pumps, is_final_status
-from fake_pigpiod import FakePigpiod
+from support.fake_pigpiod import FakePigpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.pumps import fast_pumps
+from support.waiting import eventually
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run

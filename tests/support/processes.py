@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import pytest
-import yaml
 
 #: The checkout: the folder holding barmaid/ and tests/.
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -56,10 +54,10 @@ def spawn(*args: str, cwd: Path = ROOT, **kwargs: Any) -> subprocess.Popen:
 
 
 class Process:
-    """`python -m barmaid serve --config PATH`; `lines` is what it logged until it listened."""
+    """`python -m barmaid serve --config PATH [ARGS]`; `lines` is what it logged until it listened."""
 
-    def __init__(self, config: Path) -> None:
-        self.popen = spawn("serve", "--config", str(config))
+    def __init__(self, config: Path, *args: str) -> None:
+        self.popen = spawn("serve", "--config", str(config), *args)
         self.lines: list[str] = []
         for line in self.popen.stderr:
             self.lines.append(line)
@@ -67,19 +65,16 @@ class Process:
                 return
         raise AssertionError(f"barmaid did not start (exit status {self.popen.wait(5)}): {''.join(self.lines)}")
 
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait(5)
 
-@pytest.fixture
-def barmaid_process(tmp_path):
-    """Starts real barmaid processes from a config dict; kills whatever is left at teardown."""
-    started: list[Process] = []
 
-    def start(config: dict[str, Any]) -> Process:
-        path = tmp_path / "process.yaml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        started.append(Process(path))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.popen.kill()
-        process.popen.wait(5)
+@contextmanager
+def serving(config: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """A barmaid process serving `config`, once it says it listens; killed at the end."""
+    process = Process(config, *args)
+    try:
+        yield process.popen
+    finally:
+        process.kill()

@@ -51,7 +51,7 @@ it, when a ``second`` request follows a ``first`` on that connection;
 ``fail(cmd, code)`` answers the next ``cmd`` with an error code without
 executing it.
 
-Run ``python tests/fake_pigpiod.py --port 8888`` to use it by hand.
+Run ``cd tests && python -m support.fake_pigpiod --port 8888`` to use it by hand.
 """
 
 from __future__ import annotations
