@@ -14,6 +14,7 @@ import pytest
 import yaml
 from support.badinput import BAD_INPUTS, BadInput
 from support.broadcasts import Broadcasts
+from support.factories import closing_all
 from support.peer import Peer
 from support.processes import ENV, Process
 from support.pumps import FAST_FLOW_ML_S, fast_pumps
@@ -107,18 +108,15 @@ def serve_config():
     """The suite's one server factory: `serve_config(config, driver=None, store=None, clock=None)`
     starts a BarmaidServer for the config on 127.0.0.1 and a free port, with simulated pumps
     (on `clock`, default real) unless given a driver; every server it started is closed at teardown."""
-    started: list[BarmaidServer] = []
 
     def start(config: Config, driver: Any = None, store: Any = None, clock: Optional[Clock] = None) -> BarmaidServer:
         config = config.model_copy(update={"server": config.server.model_copy(update={"host": "127.0.0.1", "port": 0})})
         barmaid = BarmaidServer(config, driver or SimulatedDriver.for_config(config, clock), store=store, clock=clock)
         barmaid.start()
-        started.append(barmaid)
         return barmaid
 
-    yield start
-    for barmaid in started:
-        close_quickly(barmaid)
+    with closing_all(start, close_quickly) as make:
+        yield make
 
 
 @pytest.fixture
@@ -140,25 +138,22 @@ def server_with(fast_config: Config, serve_config: Callable[..., BarmaidServer])
 @pytest.fixture
 def connect(server: BarmaidServer) -> Callable[[], Peer]:
     """Opens a new WebSocket client to the running server; all are closed at teardown."""
-    peers: list[Peer] = []
 
     def open_peer() -> Peer:
-        peer = Peer.of(server)
-        peers.append(peer)
+        peer = Peer.at(server.port)
         # The server registers a client just after the handshake; an echo reply proves it is in.
         assert peer.echo("hello") == []
         return peer
 
-    yield open_peer
-    for peer in peers:
-        peer.close()
+    with closing_all(open_peer, Peer.close) as make:
+        yield make
 
 
 @pytest.fixture
 def make_rig(write_config: Callable[..., Path], serve_config: Callable[..., BarmaidServer]):
     """Starts a server (a support.rig.Rig) on 127.0.0.1:<any port> from pumps / limits / data_dir,
     in fake time when given a FakeClock; closes its clients at teardown, serve_config the server."""
-    rigs: list[Rig] = []
+    made = iter(range(1000))
 
     def make(
         pumps: Optional[list[dict[str, Any]]] = None,
@@ -171,29 +166,20 @@ def make_rig(write_config: Callable[..., Path], serve_config: Callable[..., Barm
             raw["limits"] = limits
         if data_dir is not None:
             raw["data_dir"] = str(data_dir)
-        config = load_config(write_config(raw, name=f"rig{len(rigs)}.yaml"))
+        config = load_config(write_config(raw, name=f"rig{next(made)}.yaml"))
         # Pumps without a `sim` truth: the state carries no sim_poured_ml to compare across restarts.
         driver = SimulatedDriver([pump.gpio for pump in config.pumps], config.limits.max_pump_seconds, clock)
-        rigs.append(Rig(serve_config(config, driver, clock=clock), clock))
-        return rigs[-1]
+        return Rig(serve_config(config, driver, clock=clock), clock)
 
-    yield make
-    for rig in rigs:
-        rig.close()
+    with closing_all(make, Rig.close) as make_one:
+        yield make_one
 
 
 @pytest.fixture
 def scripted():
     """Starts support.scripted.Scripted servers; closes them at teardown."""
-    made: list[Scripted] = []
-
-    def make(answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> Scripted:
-        made.append(Scripted(answer))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+    with closing_all(Scripted, Scripted.close) as make:
+        yield make
 
 
 # ---- real barmaid processes ---------------------------------------------------------------
@@ -203,17 +189,14 @@ def scripted():
 def barmaid_process(tmp_path: Path):
     """Starts real barmaid processes (support.processes.Process) from a config dict; kills
     whatever is left at teardown."""
-    started: list[Process] = []
 
     def start(config: dict[str, Any]) -> Process:
         path = tmp_path / "process.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        started.append(Process(path))
-        return started[-1]
+        return Process(path)
 
-    yield start
-    for process in started:
-        process.kill()
+    with closing_all(start, Process.kill) as make:
+        yield make
 
 
 # ---- the daemon drivers -------------------------------------------------------------------

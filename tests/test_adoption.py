@@ -82,7 +82,7 @@ def killed_mid_blend(config_path: Path, ml: float = ML) -> Iterator[float]:
     """A barmaid process tracks levels, starts a blend of `ml` from pumps 0 and 1 and is SIGKILLed
     once it pours; yields when the pour started (no later than the real start)."""
     with serving(config_path) as first:
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        client = Peer.at(port_of(config_path))
         for pump in (0, 1):
             assert request(client, {"type": "set_level", "data": {"pump": pump, "ml": CAPACITY}}, "state")
         before = time.monotonic()
@@ -94,7 +94,7 @@ def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_o
     with killed_mid_blend(config_path) as started, serving(config_path):
         restarted = time.monotonic()
         assert daemon.wave_busy(), "the pour ended before barmaid restarted: make it longer"
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        client = Peer.at(port_of(config_path))
         client.send(blend(10))
         messages = client.recv_until(lambda m: m["type"] == "error")
         assert "Already blending ! Retry in" in messages[-1]["data"]["msg"]
@@ -113,7 +113,7 @@ def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_o
         assert client.recv_until(is_final_status)[-1]["data"].get("outcome") == "completed"
         assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
     with serving(config_path):  # and a second restart charges nothing again
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        client = Peer.at(port_of(config_path))
         assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
         assert [p["outcome"] for p in history(client)] == ["completed", "completed"]
 
@@ -123,7 +123,7 @@ def test_a_pour_that_ended_before_the_restart_is_counted_to_its_end_never_more(k
     with killed_mid_blend(config_path, short):
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
     with serving(config_path):
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        client = Peer.at(port_of(config_path))
         (pour,) = history(client)
         assert pour["outcome"] == "interrupted"
         assert all(ml == pytest.approx(short) for ml in pour["poured_ml"].values()), pour
@@ -165,7 +165,7 @@ def test_a_daemon_lost_right_after_the_send_counts_the_pour_in_full_in_plain_wor
     server = BarmaidServer(config, make_driver(config))
     server.start()
     try:
-        client = Peer(f"ws://127.0.0.1:{server.port}/")
+        client = Peer.at(server.port)
         assert request(client, {"type": "set_level", "data": {"pump": 0, "ml": CAPACITY}}, "state")
         (daemon.hang_at if fault == "hang" else daemon.drop_at)(SEND[kind])
         client.send(blend(20, pumps=(0,)))
@@ -196,7 +196,7 @@ def unreachable_at_restart(daemon: FakePigpiod, write_config) -> None:
         with serving(config_path):
             daemon.start()
             assert daemon.wait_for(lambda: not daemon.wave_busy(), SECONDS + 3)
-            client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+            client = Peer.at(port_of(config_path))
             for pump in (0, 1):  # the wave was never cut: the pumps poured it all
                 assert daemon.on_durations(DEFAULT_GPIOS[pump]) == [pytest.approx(SECONDS, abs=TOLERANCE)]
             (pour,) = history(client)

@@ -13,8 +13,8 @@ from typing import Optional
 import pytest
 import websocket
 from support import processes
-from support.daemons import free_port
 from support.processes import PROCESS_TIMEOUT
+from support.servers import free_port
 
 barmaid = processes.run
 

@@ -13,11 +13,12 @@ import time
 
 import pigpio
 import pytest
-from support.daemons import blend, daemon_config, free_port, sigkill_mid_pour
+from support.daemons import blend, daemon_config, sigkill_mid_pour
 from support.fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
 from support.messages import is_final_status
 from support.peer import Peer
 from support.processes import serving
+from support.servers import free_port
 from support.timeline import assert_countdown, status_times
 from support.timing import allowance
 from support.waiting import eventually
@@ -39,24 +40,18 @@ def daemon():
 
 
 @pytest.fixture
-def start_server(write_config):
-    servers = []
+def start_server(write_config, serve_config):
+    """A server on the pigpio driver for the fake daemon on `port`."""
 
     def start(port: int, **kwargs) -> BarmaidServer:
         config = daemon_config(write_config, "pigpio", port, **kwargs)
-        driver = PigpioDriver(DEFAULT_GPIOS, config.limits.max_pump_seconds, config.driver)
-        server = BarmaidServer(config, driver)
-        server.start()
-        servers.append(server)
-        return server
+        return serve_config(config, PigpioDriver(DEFAULT_GPIOS, config.limits.max_pump_seconds, config.driver))
 
-    yield start
-    for server in servers:
-        server.close()
+    return start
 
 
 def peer(server: BarmaidServer) -> Peer:
-    return Peer(f"ws://127.0.0.1:{server.port}/")
+    return Peer.at(server.port)
 
 
 def test_daemon_address_falls_back_to_pigpio_environment_variables(monkeypatch):
@@ -310,7 +305,7 @@ def test_a_pour_of_ours_is_playing_until_it_ends(driver, daemon):
 def test_a_signal_mid_pour_switches_every_pump_off_and_exits_0(daemon, write_config, signum):
     config = daemon_config(write_config, "pigpio", daemon.port, flow=5.0)  # 20 ml at 5 ml/s: 4 s
     with serving(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
-        client = Peer(f"ws://127.0.0.1:{config.server.port}/")
+        client = Peer.at(config.server.port)
         client.send(blend(20))
         client.recv_until(lambda m: m["type"] == "status")
         assert daemon.wait_for(lambda: daemon.level(DEFAULT_GPIOS[0]) == 1, 1)

@@ -13,11 +13,12 @@ import time
 
 import pytest
 import rgpio
-from support.daemons import blend, daemon_config, free_port, sigkill_mid_pour
+from support.daemons import blend, daemon_config, sigkill_mid_pour
 from support.fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
 from support.messages import is_final_status
 from support.peer import Peer
 from support.processes import serving
+from support.servers import free_port
 from support.timeline import assert_countdown, status_times
 from support.timing import TOLERANCE
 from support.waiting import eventually
@@ -291,7 +292,7 @@ def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(
     server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
     server.start()
     try:
-        client = Peer(f"ws://127.0.0.1:{server.port}/")
+        client = Peer.at(server.port)
         client.send(blend(10))
         assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
         client.send(blend(400))  # one second
@@ -312,7 +313,7 @@ def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it
     server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
     server.start()
     try:
-        client = Peer(f"ws://127.0.0.1:{server.port}/")
+        client = Peer.at(server.port)
         client.send(blend(5))
         error = client.recv()["data"]["msg"]
         assert "unavailable" in error and f"127.0.0.1:{port}" in error and "systemctl enable --now rgpiod" in error

@@ -1,4 +1,4 @@
-"""What the pigpio and rgpio driver tests share: free loopback ports, configs
+"""What the pigpio and rgpio driver tests share: configs
 for a daemon on loopback, blend frames, and a real barmaid process (support.processes.serving)
 killed mid-pour.
 """
@@ -7,19 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 
 from barmaid.config import Config, load_config
 from support.peer import Peer
 from support.pumps import fast_pumps
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (for a daemon or server that is not there yet)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from support.servers import free_port
 
 
 def daemon_config(write_config, kind: str, port: int, active_low: bool = False, flow: float = 400.0, **server) -> Config:
@@ -43,7 +36,7 @@ def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
 
 def sigkill_mid_pour(process: subprocess.Popen, server_port: int, ml_per_pump: float) -> None:
     """Starts a blend of pumps 0 and 1 on a barmaid process, then SIGKILLs it once it pours."""
-    client = Peer(f"ws://127.0.0.1:{server_port}/")
+    client = Peer.at(server_port)
     client.send(blend(ml_per_pump))
     client.recv_until(lambda m: m["type"] == "status")
     os.kill(process.pid, signal.SIGKILL)

@@ -21,13 +21,14 @@ class Peer:
     """One WebSocket client of the server under test, speaking JSON."""
 
     def __init__(self, url: str, **options: Any) -> None:
-        """`options` go to websocket.create_connection (origin=..., header=...)."""
+        """`options` go to websocket.create_connection (origin=..., header=...). The library sets
+        TCP_NODELAY itself, so a request and the echo sent right after it are not held by Nagle."""
         self.ws = websocket.create_connection(url, timeout=5, **options)
 
     @classmethod
-    def of(cls, server: Any, **options: Any) -> Peer:
-        """A client of a BarmaidServer listening on 127.0.0.1."""
-        return cls(f"ws://127.0.0.1:{server.port}/", **options)
+    def at(cls, port: int, **options: Any) -> Peer:
+        """A client of the barmaid listening on 127.0.0.1:`port`."""
+        return cls(f"ws://127.0.0.1:{port}/", **options)
 
     def send(self, message: Union[str, dict]) -> None:
         """Sends a raw text frame, or a message given as a dict."""

@@ -9,6 +9,7 @@ on PYTHONPATH; conftest applies it to `os.environ` so that every child process o
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,17 @@ def working_tree_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 #: The environment every barmaid subprocess gets.
 ENV = working_tree_env(os.environ)
+
+
+def process_config(data_dir: Path, port: int, pumps: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
+    """The config of a real barmaid process: its data directory, 127.0.0.1:`port`, statuses every
+    50 ms, these pumps (and any other top-level keys)."""
+    return {
+        "data_dir": str(data_dir),
+        "server": {"host": "127.0.0.1", "port": port, "status_interval": 0.05},
+        "pumps": pumps,
+        **more,
+    }
 
 
 def command(*args: str) -> list[str]:
@@ -64,6 +76,11 @@ class Process:
             if "listening" in line:
                 return
         raise AssertionError(f"barmaid did not start (exit status {self.popen.wait(5)}): {''.join(self.lines)}")
+
+    def crash(self) -> None:
+        """kill -9: no handler runs, no pump is switched off, no record is finished."""
+        self.popen.kill()
+        assert self.popen.wait(5) == -signal.SIGKILL
 
     def kill(self) -> None:
         self.popen.kill()

@@ -51,7 +51,7 @@ class Rig:
         return self.server.controller
 
     def peer(self) -> Peer:
-        peer = Peer.of(self.server)
+        peer = Peer.at(self.server.port)
         self.peers.append(peer)
         assert peer.echo("hello") == []  # registered with the server
         return peer

@@ -1,4 +1,4 @@
-"""Closing a server under test at once.
+"""Closing a server under test at once, and a free loopback port for one that is not there yet.
 
 socketserver's accept loop looks for a shutdown request only every 0.5 s; a connection wakes it,
 so `close_quickly` keeps connecting until the close is done. Every server and bare Transport the
@@ -23,3 +23,10 @@ def close_quickly(server: Any) -> None:
         except OSError:
             pass
         closer.join(0.01)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a daemon or server that is not there yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from typing import Any, Optional
 
@@ -70,9 +69,7 @@ class Bartender:
     """A client that calibrates and pours, reading the jug (`sim_poured_ml`) after each run."""
 
     def __init__(self, server: BarmaidServer) -> None:
-        self.peer = Peer(f"ws://127.0.0.1:{server.port}/")
-        # A request and its echo go out back to back: without this, Nagle holds the echo for the ACK.
-        self.peer.ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer = Peer.at(server.port)
         assert self.peer.echo("hello") == []
 
     def send(self, message: dict[str, Any]) -> dict[str, Any]:
