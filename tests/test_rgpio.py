@@ -28,7 +28,6 @@ import barmaid.drivers.rgpio as rgpio_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.rgpio import SHARE_ID, RgpioDriver
 from barmaid.errors import Busy, PumpsUnavailable
-from barmaid.server import BarmaidServer
 
 ALL_OFF = dict.fromkeys(DEFAULT_GPIOS, 0)
 
@@ -287,46 +286,38 @@ def test_force_off_raises_when_the_daemon_cannot_be_reached(daemon):
 # ---- the server and a real barmaid process -----------------------------------------------
 
 
-def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(daemon, write_config):
+def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(daemon, write_config, serve_config):
     config = daemon_config(write_config, "rgpio", daemon.port)
-    server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
-    server.start()
-    try:
-        client = Peer.at(server.port)
-        client.send(blend(10))
-        assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
-        client.send(blend(400))  # one second
-        client.recv_until(lambda m: m["type"] == "status")
-        daemon.drop_connections()
-        errors = [m["data"]["msg"] for m in client.recv_until(is_final_status) if m["type"] == "error"]
-        assert len(errors) == 1 and "rgpiod" in errors[0]
-        assert eventually(lambda: server.controller.driver.available)
-        assert levels(daemon) == ALL_OFF
-        client.close()
-    finally:
-        server.close()
+    server = serve_config(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
+    client = Peer.at(server.port)
+    client.send(blend(10))
+    assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
+    client.send(blend(400))  # one second
+    client.recv_until(lambda m: m["type"] == "status")
+    daemon.drop_connections()
+    errors = [m["data"]["msg"] for m in client.recv_until(is_final_status) if m["type"] == "error"]
+    assert len(errors) == 1 and "rgpiod" in errors[0]
+    assert eventually(lambda: server.controller.driver.available)
+    assert levels(daemon) == ALL_OFF
+    client.close()
 
 
-def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config):
+def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config, serve_config):
     port = free_port()
     config = daemon_config(write_config, "rgpio", port)
-    server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
-    server.start()
-    try:
-        client = Peer.at(server.port)
-        client.send(blend(5))
-        error = client.recv()["data"]["msg"]
-        assert "unavailable" in error and f"127.0.0.1:{port}" in error and "systemctl enable --now rgpiod" in error
-        client.echo({"still": "here"})
-        with FakeRgpiod(port=port) as daemon:
-            assert eventually(lambda: server.controller.driver.available)
-            assert levels(daemon) == ALL_OFF
-            client.send(blend(10))
-            assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
-            assert daemon.on_durations(5) == [pytest.approx(10 / 400, abs=1e-3)]
-        client.close()
-    finally:
-        server.close()
+    server = serve_config(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
+    client = Peer.at(server.port)
+    client.send(blend(5))
+    error = client.recv()["data"]["msg"]
+    assert "unavailable" in error and f"127.0.0.1:{port}" in error and "systemctl enable --now rgpiod" in error
+    client.echo({"still": "here"})
+    with FakeRgpiod(port=port) as daemon:
+        assert eventually(lambda: server.controller.driver.available)
+        assert levels(daemon) == ALL_OFF
+        client.send(blend(10))
+        assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
+        assert daemon.on_durations(5) == [pytest.approx(10 / 400, abs=1e-3)]
+    client.close()
 
 
 def test_sigkill_mid_pour_cannot_stretch_it_rgpiod_stops_the_pumps_on_time(daemon, write_config):

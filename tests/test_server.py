@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import signal
 import socket
 import subprocess
 
 import pytest
+from support import processes
 from support.messages import is_final_status
+from support.peer import Peer
 from support.timeline import assert_countdown, on_times, status_times
 from support.timing import TOLERANCE
 from support.waiting import eventually
 
 from barmaid import __version__, protocol
+from barmaid.drivers.simulated import SimulatedDriver
 
 #: A blend that outlasts any test that does not wait for it: 1 l at 400 ml/s is 2.5 s.
 LONG_BLEND = {"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 1}}}
@@ -280,26 +285,16 @@ def test_state_says_whether_the_pump_hardware_is_reachable(server, connect, monk
     assert peer.recv()["data"]["hardware"] is False
 
 
-def test_pump_names_from_the_config_show_in_state_and_welcome(fast_config):
-    from support.peer import Peer
-    from support.servers import close_quickly
-
-    from barmaid.drivers.simulated import SimulatedDriver
-    from barmaid.server import BarmaidServer
-
+def test_pump_names_from_the_config_show_in_state_and_welcome(fast_config, serve_config):
     pumps = tuple(p.model_copy(update={"name": "rum" if i == 0 else None}) for i, p in enumerate(fast_config.pumps))
     config = fast_config.model_copy(update={"pumps": pumps})
-    barmaid = BarmaidServer(config, SimulatedDriver([p.gpio for p in pumps]))
-    barmaid.start()
-    try:
-        peer = Peer.at(barmaid.port)
-        peer.send({"type": "state"})
-        assert [p["name"] for p in peer.recv()["data"]["pumps"]][:2] == ["rum", None]
-        peer.send({"type": "hello"})
-        assert peer.recv()["data"]["pumps"][0]["name"] == "rum"
-        peer.close()
-    finally:
-        close_quickly(barmaid)
+    barmaid = serve_config(config, SimulatedDriver([p.gpio for p in pumps]))
+    peer = Peer.at(barmaid.port)
+    peer.send({"type": "state"})
+    assert [p["name"] for p in peer.recv()["data"]["pumps"]][:2] == ["rum", None]
+    peer.send({"type": "hello"})
+    assert peer.recv()["data"]["pumps"][0]["name"] == "rum"
+    peer.close()
 
 
 def test_every_refused_request_is_logged_with_the_client_and_the_reason(server, connect, caplog):
@@ -327,12 +322,6 @@ def test_set_level_is_logged_with_the_client(server, connect, caplog):
 
 def test_serve_with_port_0_listens_on_a_free_port_and_logs_it(tmp_path):
     """`barmaid serve --port 0` in a subprocess: the log line names the port the system chose."""
-    import re
-    import signal
-
-    from support import processes
-    from support.peer import Peer
-
     proc = processes.spawn("serve", "--host", "127.0.0.1", "--port", "0", cwd=tmp_path, stdout=subprocess.DEVNULL)
     try:
         for line in proc.stderr:
