@@ -1,7 +1,8 @@
 """The pigpio driver and the server on it, against the fake daemon: connection, faults, signals.
 
-The real `pigpio` client library talks to tests/fake_pigpiod.py over loopback, so its quirks
-(no error when unreachable, no timeouts, a spinning thread on a dead socket) are all exercised.
+The real `pigpio` client library talks to tests/support/fake_pigpiod.py over loopback, so its
+quirks (no error when unreachable, no timeouts, a spinning thread on a dead socket) are all
+exercised.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The rgpio driver and the server on it, against the fake rgpiod: connection, faults, crashes.
 
-The real `rgpio` client talks to tests/fake_rgpiod.py over loopback, so its quirks (no
+The real `rgpio` client talks to tests/support/fake_rgpiod.py over loopback, so its quirks (no
 timeouts, a notification thread that spins on a dead socket, handles with the chip in their
 high bits) are exercised together with the daemon's ownership and sharing rules.
 """

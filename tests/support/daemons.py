@@ -1,6 +1,5 @@
-"""What the pigpio and rgpio driver tests share: configs
-for a daemon on loopback, blend frames, and a real barmaid process (support.processes.serving)
-killed mid-pour.
+"""What the pigpio and rgpio driver tests share: configs for a daemon on loopback, blend frames,
+and a real barmaid process (support.processes.serving) killed mid-pour.
 """
 
 from __future__ import annotations
