@@ -193,7 +193,7 @@ def barmaid_process(tmp_path: Path):
     def start(config: dict[str, Any]) -> Process:
         path = tmp_path / "process.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        return Process(path)
+        return Process("--config", str(path))
 
     with closing_all(start, Process.kill) as make:
         yield make

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import signal
 import socket
-import subprocess
 
 import pytest
-from support import processes
 from support.messages import is_final_status
 from support.peer import Peer
+from support.processes import Process
 from support.timeline import assert_countdown, on_times, status_times
 from support.timing import TOLERANCE
 from support.waiting import eventually
@@ -322,22 +320,15 @@ def test_set_level_is_logged_with_the_client(server, connect, caplog):
 
 def test_serve_with_port_0_listens_on_a_free_port_and_logs_it(tmp_path):
     """`barmaid serve --port 0` in a subprocess: the log line names the port the system chose."""
-    proc = processes.spawn("serve", "--host", "127.0.0.1", "--port", "0", cwd=tmp_path, stdout=subprocess.DEVNULL)
+    process = Process("--host", "127.0.0.1", "--port", "0", cwd=tmp_path)
     try:
-        for line in proc.stderr:
-            listening = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
-            if listening:
-                break
-        port = int(listening.group(1))
-        assert port != 0
-        peer = Peer.at(port)
+        assert process.port != 0
+        peer = Peer.at(process.port)
         assert peer.echo("port 0") == []
         peer.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert process.stop(signal.SIGTERM)[0] == 0
     finally:
-        proc.kill()
-        proc.wait()
+        process.kill()
 
 
 # ---- faults: a client that vanishes, a data directory that fills up ------------------------

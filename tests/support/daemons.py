@@ -4,12 +4,9 @@ and a real barmaid process (support.processes.serving) killed mid-pour.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-
 from barmaid.config import Config, load_config
 from support.peer import Peer
+from support.processes import Process
 from support.pumps import fast_pumps
 from support.servers import free_port
 
@@ -33,10 +30,9 @@ def blend(ml_per_pump: float, pumps=(0, 1)) -> dict:
     return {"type": "blend", "data": {"cup_size": cup, "ratios": {str(p): 1 / len(pumps) for p in pumps}}}
 
 
-def sigkill_mid_pour(process: subprocess.Popen, server_port: int, ml_per_pump: float) -> None:
+def sigkill_mid_pour(process: Process, server_port: int, ml_per_pump: float) -> None:
     """Starts a blend of pumps 0 and 1 on a barmaid process, then SIGKILLs it once it pours."""
     client = Peer.at(server_port)
     client.send(blend(ml_per_pump))
     client.recv_until(lambda m: m["type"] == "status")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(5)
+    process.crash()

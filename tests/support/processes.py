@@ -9,9 +9,12 @@ on PYTHONPATH; conftest applies it to `os.environ` so that every child process o
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,16 +69,51 @@ def spawn(*args: str, cwd: Path = ROOT, **kwargs: Any) -> subprocess.Popen:
 
 
 class Process:
-    """`python -m barmaid serve --config PATH [ARGS]`; `lines` is what it logged until it listened."""
+    """`python -m barmaid serve ARGS`, once it logged that it listens.
 
-    def __init__(self, config: Path, *args: str) -> None:
-        self.popen = spawn("serve", "--config", str(config), *args)
+    A thread reads its log (stderr) to the end, so a barmaid that logs a lot never blocks on a
+    full pipe: `lines` is what it logged until it listened, `log` everything so far.
+    """
+
+    def __init__(self, *args: str, cwd: Path = ROOT) -> None:
+        self.popen = spawn("serve", *args, cwd=cwd)
         self.lines: list[str] = []
+        self._log: list[str] = []
+        self._started = threading.Event()  # set once it listens, or its log ended without it
+        self._reader = threading.Thread(target=self._read, name="barmaid-log", daemon=True)
+        self._reader.start()
+        if not self._started.wait(PROCESS_TIMEOUT) or not self.lines or "listening" not in self.lines[-1]:
+            self.kill()
+            raise AssertionError(f"barmaid did not start (exit status {self.popen.returncode}): {self.log}")
+
+    @property
+    def log(self) -> str:
+        return "".join(self._log)
+
+    @property
+    def port(self) -> int:
+        """The port it said it listens on."""
+        listening = re.search(r"listening on ws://[^ ]*:(\d+)", self.lines[-1])
+        assert listening, self.lines[-1]
+        return int(listening.group(1))
+
+    def _read(self) -> None:
         for line in self.popen.stderr:
-            self.lines.append(line)
-            if "listening" in line:
-                return
-        raise AssertionError(f"barmaid did not start (exit status {self.popen.wait(5)}): {''.join(self.lines)}")
+            self._log.append(line)
+            if not self._started.is_set():
+                self.lines.append(line)
+                if "listening" in line:
+                    self._started.set()
+        self._started.set()
+
+    def stop(self, signum: int) -> tuple[int, float]:
+        """Sends the signal; returns the exit status and how long the exit took (its log read to the end)."""
+        sent = time.monotonic()
+        self.popen.send_signal(signum)
+        status = self.popen.wait(PROCESS_TIMEOUT)
+        took = time.monotonic() - sent
+        self._reader.join(PROCESS_TIMEOUT)
+        return status, took
 
     def crash(self) -> None:
         """kill -9: no handler runs, no pump is switched off, no record is finished."""
@@ -88,10 +126,10 @@ class Process:
 
 
 @contextmanager
-def serving(config: Path, *args: str) -> Iterator[subprocess.Popen]:
+def serving(config: Path, *args: str) -> Iterator[Process]:
     """A barmaid process serving `config`, once it says it listens; killed at the end."""
-    process = Process(config, *args)
+    process = Process("--config", str(config), *args)
     try:
-        yield process.popen
+        yield process
     finally:
         process.kill()
