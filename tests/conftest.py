@@ -16,7 +16,7 @@ from support.badinput import BAD_INPUTS, BadInput
 from support.broadcasts import Broadcasts
 from support.factories import closing_all
 from support.peer import Peer
-from support.processes import ENV, Process
+from support.processes import Process, environment
 from support.pumps import FAST_FLOW_ML_S, fast_pumps
 from support.rig import Rig
 from support.scripted import Scripted
@@ -30,7 +30,7 @@ from barmaid.machine import Controller
 from barmaid.server import BarmaidServer
 
 #: Every child process of the suite imports the working tree's barmaid, not an installed copy.
-os.environ["PYTHONPATH"] = ENV["PYTHONPATH"]
+os.environ["PYTHONPATH"] = environment()["PYTHONPATH"]
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

@@ -1,9 +1,13 @@
 """Runs `python -m barmaid ...` in a subprocess, always from this working tree.
 
 The checkout may also be installed (a wheel in CI, an older copy in the virtual environment);
-a subprocess must test the code beside these tests, not that copy. `ENV` puts the checkout first
-on PYTHONPATH; conftest applies it to `os.environ` so that every child process of the suite
-(`-c` snippets and scripts too) imports the working tree's barmaid.
+a subprocess must test the code beside these tests, not that copy. `environment()` puts the
+checkout first on PYTHONPATH; conftest applies it to `os.environ` once, so that every child
+process of the suite (`-c` snippets and scripts too) imports the working tree's barmaid.
+
+The environment is read when a process starts, not when this module is imported: a child must
+see what the test set, above all its own BARMAID_DATA_DIR (conftest's `data_dir`), or it would
+keep its database and lock in the user's data directory, shared with every other test.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,14 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PROCESS_TIMEOUT = 20.0
 
 
-def working_tree_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` with the checkout first on PYTHONPATH."""
-    rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
-    return {**environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
-
-
-#: The environment every barmaid subprocess gets.
-ENV = working_tree_env(os.environ)
+def environment() -> dict[str, str]:
+    """The environment a barmaid subprocess gets: this process's, as the test has it now, with
+    the checkout first on PYTHONPATH."""
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
 
 
 def process_config(data_dir: Path, port: int, pumps: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def command(*args: str) -> list[str]:
 def run(*args: str, cwd: Path = ROOT, stdin: str = "", timeout: float = PROCESS_TIMEOUT, **kwargs: Any) -> subprocess.CompletedProcess:
     """Runs `barmaid ARGS` to its end; its output as text."""
     return subprocess.run(
-        command(*args), cwd=cwd, env=kwargs.pop("env", ENV), input=stdin, capture_output=True, text=True,
+        command(*args), cwd=cwd, env=environment(), input=stdin, capture_output=True, text=True,
         timeout=timeout, **kwargs,
     )
 
@@ -65,7 +66,7 @@ def spawn(*args: str, cwd: Path = ROOT, **kwargs: Any) -> subprocess.Popen:
     """Starts `barmaid ARGS` (text pipes unless told otherwise); the caller kills and waits for it."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     kwargs.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen(command(*args), cwd=cwd, env=kwargs.pop("env", ENV), text=True, **kwargs)
+    return subprocess.Popen(command(*args), cwd=cwd, env=environment(), text=True, **kwargs)
 
 
 class Process:
