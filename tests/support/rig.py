@@ -98,13 +98,12 @@ def set_level(peer: Peer, pump: int, ml: float) -> dict[str, Any]:
     return next((m for m in messages if m["type"] == "state"), messages[-1])
 
 
-# ---- stop ---------------------------------------------------------------------------------------
-
-
 def blend(cup_size: float, ratios: dict[str, float]) -> dict[str, Any]:
+    """A blend request."""
     return {"type": "blend", "data": {"cup_size": cup_size, "ratios": ratios}}
 
 
 def history(peer: Peer, **data: Any) -> list[dict[str, Any]]:
+    """The pours of a fresh `history` reply, newest first."""
     peer.send({"type": "history", "data": data} if data else {"type": "history"})
     return peer.recv_until(is_type("history"))[-1]["data"]["pours"]
