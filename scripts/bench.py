@@ -9,9 +9,9 @@ count (well under a minute, for a smoke check) and writes nothing unless `--outp
 Everything runs on loopback (127.0.0.1), in processes this script starts and stops itself:
   - barmaid with simulated pumps (`python -m barmaid serve`), and a bare `websocket-server` echo
     handler, for the echo round trip and throughput (the ratio barmaid / bare is the figure);
-  - barmaid with the pigpio driver against tests/fake_pigpiod.py (run inside this process, on the
+  - barmaid with the pigpio driver against tests/support/fake_pigpiod.py (run inside this process, on the
     same monotonic clock), for the on-time error, start skew, stop latency and status jitter;
-  - barmaid with the rgpio driver against tests/fake_rgpiod.py, for its start delay, on-time
+  - barmaid with the rgpio driver against tests/support/fake_rgpiod.py, for its start delay, on-time
     error and stop latency next to pigpio's;
   - barmaid with simulated pumps that start pouring 0.1 to 0.5 s late, calibrated through the
     protocol from one and from two runs, for the error of each pour in millilitres;
@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 # Imported after the path is set, so that the tests' fake daemons and the working tree's barmaid are the ones run.
-from fake_pigpiod import CMD_WVHLT, FakePigpiod  # noqa: E402  (the fake daemon the tests use)
-from fake_rgpiod import FakeRgpiod  # noqa: E402
+from support.fake_pigpiod import CMD_WVHLT, FakePigpiod  # noqa: E402  (the fake daemon the tests use)
+from support.fake_rgpiod import FakeRgpiod  # noqa: E402
 
 from barmaid import frames  # noqa: E402  (the server's own frame codec)
 
@@ -879,7 +879,7 @@ Everything runs on loopback (127.0.0.1) in processes `scripts/bench.py` starts a
   previous reply is in, {per} each; one client thread drives them all through a selector.
   Messages per second, median of {reps}. The server CPU per echo is the server process's
   utime + stime (`/proc/<pid>/stat`) over that run, divided by the messages.
-- **Pump timing**: barmaid with `driver: {{kind: pigpio}}` talks to `tests/fake_pigpiod.py` (run
+- **Pump timing**: barmaid with `driver: {{kind: pigpio}}` talks to `tests/support/fake_pigpiod.py` (run
   inside the benchmark process; it timestamps every level change with `time.monotonic()`),
   8 pumps on GPIO 5, 6, 13, 16, 19, 20, 21, 26 at 100 ml/s, `status_interval` 0.1 s. {pours} blends
   of 0.2 l over all 8 pumps with random ratios (seeded): each pump's on-time error is the high
@@ -890,7 +890,7 @@ Everything runs on loopback (127.0.0.1) in processes `scripts/bench.py` starts a
 - **Stop latency**: {stops} blends of 1.25 s, each stopped 0.05 to 0.3 s after all pumps are on:
   from the client's `time.monotonic()` just before it writes `{{"type": "stop"}}` to the daemon's
   timestamp of the last pump's switch-off (same clock, same machine).
-- **rgpio**: barmaid with `driver: {{kind: rgpio}}` against `tests/fake_rgpiod.py`, the same blends
+- **rgpio**: barmaid with `driver: {{kind: rgpio}}` against `tests/support/fake_rgpiod.py`, the same blends
   and stops. The fake plays rgpiod's timing thread in virtual microseconds (the instants the real
   thread aims at), so its on-time error shows the driver's pulse arithmetic, not a thread's
   lateness; the start delay includes the wait for the thread's next pass (up to 20 ms).

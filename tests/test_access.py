@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import websocket
-from conftest import Peer, is_final_status
+from support.messages import is_final_status
+from support.peer import Peer
 
 from barmaid.server import BarmaidServer
 

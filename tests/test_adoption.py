@@ -15,16 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Peer, is_final_status, status_times
-from fake_pigpiod import FakePigpiod
-from fake_rgpiod import GWAVE, FakeRgpiod
-from support.daemons import (
-    barmaid_process,
-    blend,
-    daemon_config,
-    quick_reconnects,  # noqa: F401 (an autouse fixture)
-    sigkill_mid_pour,
-)
+from support.daemons import blend, daemon_config, sigkill_mid_pour
+from support.fake_pigpiod import FakePigpiod
+from support.fake_rgpiod import GWAVE, FakeRgpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.processes import serving
+from support.timeline import status_times
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import DEFAULT_GPIOS, load_config
@@ -39,6 +36,9 @@ SECONDS = ML / FLOW
 CAPACITY = 1000.0
 #: How far a pump's on-time on the daemon may be from the plan (the restart must not cut it).
 TOLERANCE = 0.1
+
+# Heartbeat and reconnect backoff of the daemon drivers in tens of milliseconds.
+pytestmark = pytest.mark.usefixtures("quick_reconnects")
 
 
 @pytest.fixture(params=["pigpio", "rgpio"])
@@ -81,8 +81,8 @@ def history(client: Peer) -> list[dict[str, Any]]:
 def killed_mid_blend(config_path: Path, ml: float = ML) -> Iterator[float]:
     """A barmaid process tracks levels, starts a blend of `ml` from pumps 0 and 1 and is SIGKILLed
     once it pours; yields when the pour started (no later than the real start)."""
-    with barmaid_process(config_path) as first:
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+    with serving(config_path) as first:
+        client = Peer.at(port_of(config_path))
         for pump in (0, 1):
             assert request(client, {"type": "set_level", "data": {"pump": pump, "ml": CAPACITY}}, "state")
         before = time.monotonic()
@@ -91,10 +91,10 @@ def killed_mid_blend(config_path: Path, ml: float = ML) -> Iterator[float]:
 
 
 def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_once(kind, daemon, config_path):
-    with killed_mid_blend(config_path) as started, barmaid_process(config_path):
+    with killed_mid_blend(config_path) as started, serving(config_path):
         restarted = time.monotonic()
         assert daemon.wave_busy(), "the pour ended before barmaid restarted: make it longer"
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+        client = Peer.at(port_of(config_path))
         client.send(blend(10))
         messages = client.recv_until(lambda m: m["type"] == "error")
         assert "Already blending ! Retry in" in messages[-1]["data"]["msg"]
@@ -112,8 +112,8 @@ def test_a_restart_mid_pour_adopts_it_counts_down_the_true_time_and_charges_it_o
         client.send(blend(10))  # once the adopted pour has ended, the pumps are ours again
         assert client.recv_until(is_final_status)[-1]["data"].get("outcome") == "completed"
         assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
-    with barmaid_process(config_path):  # and a second restart charges nothing again
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+    with serving(config_path):  # and a second restart charges nothing again
+        client = Peer.at(port_of(config_path))
         assert levels(client) == [pytest.approx(CAPACITY - ML - 10)] * 2
         assert [p["outcome"] for p in history(client)] == ["completed", "completed"]
 
@@ -122,8 +122,8 @@ def test_a_pour_that_ended_before_the_restart_is_counted_to_its_end_never_more(k
     short = 30.0  # 0.3 s: over before the next barmaid is up
     with killed_mid_blend(config_path, short):
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)
-    with barmaid_process(config_path):
-        client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+    with serving(config_path):
+        client = Peer.at(port_of(config_path))
         (pour,) = history(client)
         assert pour["outcome"] == "interrupted"
         assert all(ml == pytest.approx(short) for ml in pour["poured_ml"].values()), pour
@@ -165,7 +165,7 @@ def test_a_daemon_lost_right_after_the_send_counts_the_pour_in_full_in_plain_wor
     server = BarmaidServer(config, make_driver(config))
     server.start()
     try:
-        client = Peer(f"ws://127.0.0.1:{server.port}/")
+        client = Peer.at(server.port)
         assert request(client, {"type": "set_level", "data": {"pump": 0, "ml": CAPACITY}}, "state")
         (daemon.hang_at if fault == "hang" else daemon.drop_at)(SEND[kind])
         client.send(blend(20, pumps=(0,)))
@@ -193,10 +193,10 @@ def unreachable_at_restart(daemon: FakePigpiod, write_config) -> None:
     config_path = write_config(config, name="process.yaml")
     with killed_mid_blend(config_path):
         daemon.drop_connections(keep_listening=False)  # unreachable; its wave plays on
-        with barmaid_process(config_path):
+        with serving(config_path):
             daemon.start()
             assert daemon.wait_for(lambda: not daemon.wave_busy(), SECONDS + 3)
-            client = Peer(f"ws://127.0.0.1:{port_of(config_path)}/")
+            client = Peer.at(port_of(config_path))
             for pump in (0, 1):  # the wave was never cut: the pumps poured it all
                 assert daemon.on_durations(DEFAULT_GPIOS[pump]) == [pytest.approx(SECONDS, abs=TOLERANCE)]
             (pour,) = history(client)

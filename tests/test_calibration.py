@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
-from conftest import Peer, close_quickly, fast_pumps, is_final_status
-from fake_pigpiod import FakePigpiod
+from support.fake_pigpiod import FakePigpiod
+from support.messages import is_final_status, is_type
+from support.peer import Peer
+from support.pumps import fast_pumps
+from support.servers import close_quickly
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.calibration import Law, Run, fit
@@ -24,10 +26,6 @@ from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import BadMessage
 from barmaid.server import BarmaidServer
 from barmaid.store import Store
-
-
-def is_type(kind: str) -> Callable[[dict], bool]:
-    return lambda message: message["type"] == kind
 
 
 def answer(peer: Peer) -> dict[str, Any]:
@@ -64,9 +62,7 @@ def start(write_config, data_dir, serve_config):
 
 
 def peer_of(server: BarmaidServer) -> Peer:
-    peer = Peer(f"ws://127.0.0.1:{server.port}/")
-    # A request and its echo go out back to back: without this, Nagle holds the echo for the ACK.
-    peer.ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    peer = Peer.at(server.port)
     assert peer.echo("hello") == []
     return peer
 

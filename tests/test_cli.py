@@ -5,71 +5,32 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import threading
-import time
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import websocket
 from support import processes
-from support.daemons import free_port
-from support.processes import PROCESS_TIMEOUT
+from support.factories import closing_all
+from support.processes import Process
+from support.servers import free_port
 
 barmaid = processes.run
 
 
-class Serving:
-    """`barmaid serve` in a subprocess, its log lines collected as they come."""
-
-    def __init__(self, cwd: Path, *args: str) -> None:
-        self.port = free_port()
-        self.lines: list[str] = []
-        self._listening = threading.Event()
-        self.proc = processes.spawn("serve", "--host", "127.0.0.1", "--port", str(self.port), *args, cwd=cwd)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._listening.wait(PROCESS_TIMEOUT):
-            self.proc.kill()
-            pytest.fail(f"no 'listening' log line; log: {self.log}")
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if "listening on" in line:
-                self._listening.set()
-
-    def stop(self, signum: int) -> tuple[int, float]:
-        """Sends the signal; returns the exit status and how long the exit took."""
-        sent = time.monotonic()
-        self.proc.send_signal(signum)
-        status = self.proc.wait(PROCESS_TIMEOUT)
-        took = time.monotonic() - sent
-        self._reader.join(PROCESS_TIMEOUT)
-        return status, took
-
-
 @pytest.fixture
 def serve(tmp_path: Path):
-    """Starts `barmaid serve` (extra args allowed); kills what is still running at teardown."""
-    started: list[Serving] = []
+    """Starts `barmaid serve` on 127.0.0.1 and a free port (extra args allowed), in tmp_path with
+    no config; kills what is still running at teardown."""
 
-    def start(*args: str) -> Serving:
-        started.append(Serving(tmp_path, *args))
-        return started[-1]
+    def start(*args: str) -> Process:
+        return Process("--host", "127.0.0.1", "--port", str(free_port()), *args, cwd=tmp_path)
 
-    yield start
-    for serving in started:
-        if serving.proc.poll() is None:
-            serving.proc.kill()
-            serving.proc.wait()
+    with closing_all(start, Process.kill) as make:
+        yield make
 
 
-def open_ws(serving: Serving) -> websocket.WebSocket:
+def open_ws(serving: Process) -> websocket.WebSocket:
     return websocket.create_connection(f"ws://127.0.0.1:{serving.port}/", timeout=5)
 
 

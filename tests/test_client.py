@@ -4,13 +4,14 @@ speaks the protocol with request ids (replies out of order, pushes of the same t
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST_FLOW_ML_S, assert_countdown, close_quickly
+from support.pumps import FAST_FLOW_ML_S
+from support.servers import close_quickly, free_port
+from support.timeline import assert_countdown
 
 from barmaid.client import CannotConnect, Client, ConnectionLost, Refused
 from barmaid.server import BarmaidServer
@@ -23,9 +24,7 @@ def url(server: BarmaidServer) -> str:
 
 
 def free_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"ws://127.0.0.1:{sock.getsockname()[1]}/"
+    return f"ws://127.0.0.1:{free_port()}/"
 
 
 @pytest.fixture

@@ -11,16 +11,19 @@ from __future__ import annotations
 import io
 import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FAST_FLOW_ML_S, Ran, assert_countdown, is_final_status, run_main
 from support import processes
+from support.cli import Ran, run_main
+from support.messages import is_final_status
 from support.processes import PROCESS_TIMEOUT, ROOT
+from support.pumps import FAST_FLOW_ML_S
+from support.servers import free_port
+from support.timeline import assert_countdown
 
 from barmaid.cli import main
 from barmaid.client import Client
@@ -293,12 +296,6 @@ def test_a_refused_pour_exits_1_with_the_servers_message_on_stderr(server_with):
 def test_a_pour_the_server_refuses_exits_1(server, cli):
     result = cli("blend", "--cup", "2", "0=1", "--url", url(server))
     assert result.returncode == 1 and "cup_size must be > 0 and <= 1.0 litres" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_nothing_listening_exits_3_naming_the_url_and_how_to_start_the_server():

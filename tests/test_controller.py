@@ -12,7 +12,9 @@ import threading
 
 import pytest
 import yaml
-from conftest import Broadcasts, fast_pumps, status_times
+from support.broadcasts import Broadcasts
+from support.pumps import fast_pumps
+from support.timeline import status_times
 
 from barmaid.clock import FakeClock
 from barmaid.config import load_config

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import fast_pumps
+from support.pumps import fast_pumps
 
 from barmaid.action import Progress, Snapshot, StoppedAction
 from barmaid.clock import FakeClock

@@ -1,4 +1,5 @@
-"""The README's promises: its diagram is `barmaid diagram`, its test command is what CI runs."""
+"""The README's promises: its diagram is `barmaid diagram`, its test command is what CI runs, its
+layout table is the tree (and the tests keep the layout's rule: helpers in tests/support)."""
 
 import json
 import re
@@ -57,3 +58,49 @@ def test_the_protocol_reference_describes_every_message_both_ways():
     reference = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
     for kind in [*REQUESTS, *(reply.type for reply in REPLIES)]:
         assert f"| `{kind}` |" in reference, f"docs/protocol.md has no table row for {kind}"
+
+
+def _layout() -> dict[str, str]:
+    """The README's layout table: each row's first cell (its paths, in backticks) -> its text."""
+    table = README[README.index("## Layout") :].split("\n## ")[0]
+    return dict(re.findall(r"^\| (`[^|]*`) \| (.*) \|$", table, re.M))
+
+
+def test_every_path_in_the_layout_table_exists():
+    for paths in _layout():
+        for path in re.findall(r"`([^`]+)`", paths):
+            pattern = re.sub(r"<[a-z]+>", "*", path)
+            assert list(ROOT.glob(pattern.rstrip("/"))), f"README layout names {path}, which is not in the tree"
+
+
+def test_every_test_file_is_named_after_its_module_or_in_the_layout_table():
+    """A newcomer finds the tests of barmaid/X.py in tests/test_X.py; the others are listed."""
+    modules = {path.stem for path in (ROOT / "barmaid").rglob("*.py")}
+    listed = " ".join(_layout().values())
+    for test_file in sorted((ROOT / "tests").glob("test_*.py")):
+        name = test_file.name
+        assert name[len("test_") : -len(".py")] in modules or f"`{name}`" in listed or name.startswith(
+            "test_support_"
+        ), f"{name} tests no module of barmaid and the README layout table does not say what it tests"
+
+
+def test_every_support_module_is_in_the_layout_table():
+    [support_row] = [text for paths, text in _layout().items() if "`tests/support/`" in paths]
+    for module in sorted((ROOT / "tests" / "support").glob("*.py")):
+        if module.stem != "__init__":
+            assert f"`{module.stem}`" in support_row, f"README layout: tests/support/ does not name {module.stem}"
+
+
+def test_no_test_module_imports_conftest_or_another_test_module():
+    """Helpers live in tests/support; conftest holds fixtures, which pytest hands out by name."""
+    import ast
+
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name != "conftest" and not name.split(".")[-1].startswith("test_"), (
+                    f"{path.relative_to(ROOT)} imports {name}: move what it needs into tests/support"
+                )

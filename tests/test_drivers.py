@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-from conftest import eventually
-from fake_pigpiod import FakePigpiod
-from fake_rgpiod import FakeRgpiod
+from support.fake_pigpiod import FakePigpiod
+from support.fake_rgpiod import FakeRgpiod
 from support.timing import allowance
+from support.waiting import eventually
 
 from barmaid.config import DriverConfig
 from barmaid.drivers.base import Driver, Span

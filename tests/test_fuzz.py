@@ -14,10 +14,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import Peer, close_quickly, fast_pumps, is_final_status
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support.rawws import RawClient, rss_bytes, wait_until
+from support.messages import is_final_status
+from support.peer import Peer
+from support.pumps import fast_pumps
+from support.rawws import RawClient, rss_bytes
+from support.servers import close_quickly
+from support.waiting import wait_until
 
 from barmaid import transport
 from barmaid.config import Config
@@ -81,7 +85,7 @@ def fuzzed(tmp_path_factory):
     config = config.model_copy(update={"server": config.server.model_copy(update={"port": 0})})
     server = BarmaidServer(config, SimulatedDriver([pump.gpio for pump in config.pumps]))
     server.start()
-    peer = Peer(f"ws://127.0.0.1:{server.port}/")
+    peer = Peer.at(server.port)
     yield server, peer
     peer.close()
     close_quickly(server)
@@ -97,7 +101,7 @@ def exchange(fuzzed: tuple[BarmaidServer, Peer], text: str) -> None:
         request = None
     # Anything but a valid seed request may make its sender a client of the extended protocol
     # (state subscribes it; a new type or an id brings acks and error codes): a new client sends it.
-    sender = peer if request is not None and request.seed and "\"id\"" not in text else Peer(f"ws://127.0.0.1:{server.port}/")
+    sender = peer if request is not None and request.seed and "\"id\"" not in text else Peer.at(server.port)
     sender.send(text)
     reply = sender.recv()
     event(f"{'valid' if request else 'invalid'}, answered {reply['type']}")  # --hypothesis-show-statistics
@@ -190,7 +194,7 @@ def test_a_storm_of_200_connections_leaves_the_server_answering_with_bounded_mem
         for done in [pool.submit(kinds[n % len(kinds)], server.port) for n in range(190)]:
             done.result()
     assert time.monotonic() - started < 10.0
-    peer = Peer(f"ws://127.0.0.1:{server.port}/")
+    peer = Peer.at(server.port)
     assert peer.echo({"after": "the storm"}) == []
     peer.close()
     for client in hanging:

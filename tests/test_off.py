@@ -4,20 +4,19 @@ level, the rest through `barmaid.cli.main` in this process (a process start cost
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pigpio
 import pytest
-from fake_pigpiod import FakePigpiod
+from support import processes
+from support.fake_pigpiod import FakePigpiod
 
 from barmaid.cli import main
 from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import PumpsUnavailable
 
-ROOT = Path(__file__).resolve().parent.parent
 PUMP_0 = DEFAULT_GPIOS[0]
 
 
@@ -28,8 +27,7 @@ def daemon():
 
 
 def off(config: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "barmaid", "off", "--config", str(config), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    return processes.run("off", "--config", str(config), *args, timeout=30)
 
 
 def pigpio_config(write_config, port: int, active_low: bool) -> Path:

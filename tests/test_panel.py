@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import Peer, eventually, fast_pumps
+from support.peer import Peer
+from support.pumps import fast_pumps
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 from barmaid import panel
 from barmaid.config import Config, load_config
@@ -342,7 +344,7 @@ def test_errors_say_busy_with_retry_in_and_bottle(open_panel, barmaid: BarmaidSe
     expect_text(page, "level-2", r"^5 of 700 ml$")
     page.get_by_test_id("prime-2").click()  # 10 ml from a bottle of 5
     expect_text(page, "toast", r"^bottle too low: pump 2 needs 10\.0 ml")
-    gui = Peer(f"ws://127.0.0.1:{barmaid.port}/")
+    gui = Peer.at(barmaid.port)
     try:
         gui.send({"type": "calibrate", "data": {"pump": 0, "seconds": 30}})
         expect_text(page, "machine", "^calibrating")
@@ -380,7 +382,7 @@ def test_levels_and_timeline_after_a_blend_from_another_screen(open_panel, barma
     page.get_by_test_id("level-input-1").fill("500")
     page.get_by_test_id("level-save-1").click()
     expect_text(page, "level-1", r"^500 of 700 ml$")
-    gui = Peer(f"ws://127.0.0.1:{barmaid.port}/")
+    gui = Peer.at(barmaid.port)
     try:
         gui.send({"type": "blend", "data": {"cup_size": 0.05, "ratios": {"1": 0.4, "5": 0.6}}})
         gui.recv_until()

@@ -1,7 +1,8 @@
 """The pigpio driver and the server on it, against the fake daemon: connection, faults, signals.
 
-The real `pigpio` client library talks to tests/fake_pigpiod.py over loopback, so its quirks
-(no error when unreachable, no timeouts, a spinning thread on a dead socket) are all exercised.
+The real `pigpio` client library talks to tests/support/fake_pigpiod.py over loopback, so its
+quirks (no error when unreachable, no timeouts, a spinning thread on a dead socket) are all
+exercised.
 """
 
 from __future__ import annotations
@@ -9,27 +10,27 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 import pigpio
 import pytest
-from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
-from fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
-from support.daemons import (
-    barmaid_process,
-    blend,
-    daemon_config,
-    free_port,
-    quick_reconnects,  # noqa: F401 (an autouse fixture)
-    sigkill_mid_pour,
-)
+from support.daemons import blend, daemon_config, sigkill_mid_pour
+from support.fake_pigpiod import CMD_BC1, CMD_BR1, CMD_BS1, CMD_WVBSY, CMD_WVHLT, PI_NOT_PERMITTED, FakePigpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.processes import serving
+from support.servers import free_port
+from support.timeline import assert_countdown, status_times
 from support.timing import allowance
+from support.waiting import eventually
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.pigpio import PigpioDriver
 from barmaid.errors import PourRejected, PumpsUnavailable
 from barmaid.server import BarmaidServer
+
+# Heartbeat and reconnect backoff of the daemon drivers in tens of milliseconds.
+pytestmark = pytest.mark.usefixtures("quick_reconnects")
 
 
 @pytest.fixture
@@ -39,24 +40,18 @@ def daemon():
 
 
 @pytest.fixture
-def start_server(write_config):
-    servers = []
+def start_server(write_config, serve_config):
+    """A server on the pigpio driver for the fake daemon on `port`."""
 
     def start(port: int, **kwargs) -> BarmaidServer:
         config = daemon_config(write_config, "pigpio", port, **kwargs)
-        driver = PigpioDriver(DEFAULT_GPIOS, config.limits.max_pump_seconds, config.driver)
-        server = BarmaidServer(config, driver)
-        server.start()
-        servers.append(server)
-        return server
+        return serve_config(config, PigpioDriver(DEFAULT_GPIOS, config.limits.max_pump_seconds, config.driver))
 
-    yield start
-    for server in servers:
-        server.close()
+    return start
 
 
 def peer(server: BarmaidServer) -> Peer:
-    return Peer(f"ws://127.0.0.1:{server.port}/")
+    return Peer.at(server.port)
 
 
 def test_daemon_address_falls_back_to_pigpio_environment_variables(monkeypatch):
@@ -309,23 +304,22 @@ def test_a_pour_of_ours_is_playing_until_it_ends(driver, daemon):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_pour_switches_every_pump_off_and_exits_0(daemon, write_config, signum):
     config = daemon_config(write_config, "pigpio", daemon.port, flow=5.0)  # 20 ml at 5 ml/s: 4 s
-    with barmaid_process(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
-        client = Peer(f"ws://127.0.0.1:{config.server.port}/")
+    with serving(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
+        client = Peer.at(config.server.port)
         client.send(blend(20))
         client.recv_until(lambda m: m["type"] == "status")
         assert daemon.wait_for(lambda: daemon.level(DEFAULT_GPIOS[0]) == 1, 1)
-        sent = time.monotonic()
-        process.send_signal(signum)
-        assert process.wait(5) == 0
-        assert time.monotonic() - sent < 2
+        status, took = process.stop(signum)
+        assert status == 0
+        assert took < 2
         assert not daemon.wave_busy()
         assert all(daemon.level(g) == 0 for g in DEFAULT_GPIOS)
-        assert "every pump off" in process.stderr.read()
+        assert "every pump off" in process.log
 
 
 def test_sigkill_mid_pour_cannot_stretch_it_the_daemon_stops_the_pumps_on_time(daemon, write_config):
     config = daemon_config(write_config, "pigpio", daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
-    with barmaid_process(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
+    with serving(write_config(config.model_dump(mode="json"), name="process.yaml")) as process:
         daemon.clear_history()
         sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)

@@ -7,10 +7,10 @@ import json
 import math
 
 import pytest
-from conftest import GOOD_INPUTS
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from support.badinput import GOOD_INPUTS
 
 from barmaid.errors import BadMessage
 from barmaid.protocol import Blend, Echo, Limits, Refill, parse, read_frame, schema

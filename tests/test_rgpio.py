@@ -1,6 +1,6 @@
 """The rgpio driver and the server on it, against the fake rgpiod: connection, faults, crashes.
 
-The real `rgpio` client talks to tests/fake_rgpiod.py over loopback, so its quirks (no
+The real `rgpio` client talks to tests/support/fake_rgpiod.py over loopback, so its quirks (no
 timeouts, a notification thread that spins on a dead socket, handles with the chip in their
 high bits) are exercised together with the daemon's ownership and sharing rules.
 """
@@ -13,26 +13,26 @@ import time
 
 import pytest
 import rgpio
-from conftest import Peer, assert_countdown, eventually, is_final_status, status_times
-from fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
-from support.daemons import (
-    barmaid_process,
-    blend,
-    daemon_config,
-    free_port,
-    quick_reconnects,  # noqa: F401 (an autouse fixture)
-    sigkill_mid_pour,
-)
+from support.daemons import blend, daemon_config, sigkill_mid_pour
+from support.fake_rgpiod import GBUSY, GGWX, GSGF, GSGOX, Board, FakeRgpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.processes import serving
+from support.servers import free_port
+from support.timeline import assert_countdown, status_times
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 import barmaid.drivers.daemon as daemon_driver
 import barmaid.drivers.rgpio as rgpio_driver
 from barmaid.config import DEFAULT_GPIOS, DriverConfig
 from barmaid.drivers.rgpio import SHARE_ID, RgpioDriver
 from barmaid.errors import Busy, PumpsUnavailable
-from barmaid.server import BarmaidServer
 
 ALL_OFF = dict.fromkeys(DEFAULT_GPIOS, 0)
+
+# Heartbeat and reconnect backoff of the daemon drivers in tens of milliseconds.
+pytestmark = pytest.mark.usefixtures("quick_reconnects")
 
 
 @pytest.fixture
@@ -286,52 +286,44 @@ def test_force_off_raises_when_the_daemon_cannot_be_reached(daemon):
 # ---- the server and a real barmaid process -----------------------------------------------
 
 
-def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(daemon, write_config):
+def test_the_server_pours_through_rgpiod_and_tells_every_client_when_it_is_lost(daemon, write_config, serve_config):
     config = daemon_config(write_config, "rgpio", daemon.port)
-    server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
-    server.start()
-    try:
-        client = Peer(f"ws://127.0.0.1:{server.port}/")
-        client.send(blend(10))
-        assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
-        client.send(blend(400))  # one second
-        client.recv_until(lambda m: m["type"] == "status")
-        daemon.drop_connections()
-        errors = [m["data"]["msg"] for m in client.recv_until(is_final_status) if m["type"] == "error"]
-        assert len(errors) == 1 and "rgpiod" in errors[0]
-        assert eventually(lambda: server.controller.driver.available)
-        assert levels(daemon) == ALL_OFF
-        client.close()
-    finally:
-        server.close()
+    server = serve_config(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
+    client = Peer.at(server.port)
+    client.send(blend(10))
+    assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
+    client.send(blend(400))  # one second
+    client.recv_until(lambda m: m["type"] == "status")
+    daemon.drop_connections()
+    errors = [m["data"]["msg"] for m in client.recv_until(is_final_status) if m["type"] == "error"]
+    assert len(errors) == 1 and "rgpiod" in errors[0]
+    assert eventually(lambda: server.controller.driver.available)
+    assert levels(daemon) == ALL_OFF
+    client.close()
 
 
-def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config):
+def test_the_server_starts_without_rgpiod_says_how_to_start_it_and_pours_once_it_is_up(write_config, serve_config):
     port = free_port()
     config = daemon_config(write_config, "rgpio", port)
-    server = BarmaidServer(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
-    server.start()
-    try:
-        client = Peer(f"ws://127.0.0.1:{server.port}/")
-        client.send(blend(5))
-        error = client.recv()["data"]["msg"]
-        assert "unavailable" in error and f"127.0.0.1:{port}" in error and "systemctl enable --now rgpiod" in error
-        client.echo({"still": "here"})
-        with FakeRgpiod(port=port) as daemon:
-            assert eventually(lambda: server.controller.driver.available)
-            assert levels(daemon) == ALL_OFF
-            client.send(blend(10))
-            assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
-            assert daemon.on_durations(5) == [pytest.approx(10 / 400, abs=1e-3)]
-        client.close()
-    finally:
-        server.close()
+    server = serve_config(config, RgpioDriver(DEFAULT_GPIOS, 120, config.driver))
+    client = Peer.at(server.port)
+    client.send(blend(5))
+    error = client.recv()["data"]["msg"]
+    assert "unavailable" in error and f"127.0.0.1:{port}" in error and "systemctl enable --now rgpiod" in error
+    client.echo({"still": "here"})
+    with FakeRgpiod(port=port) as daemon:
+        assert eventually(lambda: server.controller.driver.available)
+        assert levels(daemon) == ALL_OFF
+        client.send(blend(10))
+        assert_countdown(status_times(client.recv_until(is_final_status)), 10 / 400)
+        assert daemon.on_durations(5) == [pytest.approx(10 / 400, abs=1e-3)]
+    client.close()
 
 
 def test_sigkill_mid_pour_cannot_stretch_it_rgpiod_stops_the_pumps_on_time(daemon, write_config):
     config = daemon_config(write_config, "rgpio", daemon.port, flow=100.0)  # 30 ml at 100 ml/s: 0.3 s
     path = write_config(config.model_dump(mode="json"), name="process.yaml")
-    with barmaid_process(path, "--driver", "rgpio") as process:
+    with serving(path, "--driver", "rgpio") as process:
         daemon.clear_history()
         sigkill_mid_pour(process, config.server.port, 30)
         assert daemon.wait_for(lambda: not daemon.wave_busy(), 3)

@@ -1,19 +1,27 @@
 """End to end: real WebSocket clients on loopback against a BarmaidServer with simulated pumps.
 
 Pumps run at 400 ml/s: a 0.1 l blend lasts 0.25 s, a full 1 l cup 2.5 s (ended by teardown).
+Last, fault drills: a client that vanishes mid-pour or never finishes its handshake, a data
+directory that fills up.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
+import signal
+import socket
 
 import pytest
-from conftest import assert_countdown, is_final_status, status_times
+from support.messages import is_final_status
+from support.peer import Peer
+from support.processes import Process
+from support.timeline import assert_countdown, on_times, status_times
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 from barmaid import __version__, protocol
+from barmaid.drivers.simulated import SimulatedDriver
 
 #: A blend that outlasts any test that does not wait for it: 1 l at 400 ml/s is 2.5 s.
 LONG_BLEND = {"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 1}}}
@@ -21,19 +29,6 @@ LONG_BLEND = {"type": "blend", "data": {"cup_size": 1.0, "ratios": {"0": 1}}}
 
 def is_error(message: dict) -> bool:
     return message["type"] == "error"
-
-
-def pump_runs(server) -> dict[int, float]:
-    """pump -> seconds it ran, from the simulated driver's timeline (every pump switched off)."""
-    ons: dict[int, float] = {}
-    runs: dict[int, float] = {}
-    for switch in server.controller.driver.timeline:
-        if switch.on:
-            ons[switch.pump] = switch.t
-        else:
-            runs[switch.pump] = switch.t - ons.pop(switch.pump)
-    assert not ons, f"pumps left on: {sorted(ons)}"
-    return runs
 
 
 @pytest.mark.parametrize(
@@ -76,14 +71,14 @@ def test_blend_with_ratio_keys_as_strings_as_the_gui_sends(server, connect):
     peer = connect()
     peer.send('{"type": "blend", "data": {"cup_size": 0.04, "ratios": {"1": 0.2, "2": 0.1, "5": 0.7}}}')
     assert_countdown(status_times(peer.recv_until()), 0.07)
-    assert pump_runs(server) == pytest.approx({1: 0.02, 2: 0.01, 5: 0.07}, abs=TOLERANCE)
+    assert on_times(server.controller.driver) == pytest.approx({1: 0.02, 2: 0.01, 5: 0.07}, abs=TOLERANCE)
 
 
 def test_refill_with_pump_as_a_string_runs_that_pump_for_its_prime_time(server, connect):
     peer = connect()
     peer.send('{"type": "refill", "data": {"pump": "0"}}')
     assert_countdown(status_times(peer.recv_until()), 0.05)
-    assert pump_runs(server) == pytest.approx({0: 0.05}, abs=TOLERANCE)  # prime_ml 20 at 400 ml/s
+    assert on_times(server.controller.driver) == pytest.approx({0: 0.05}, abs=TOLERANCE)  # prime_ml 20 at 400 ml/s
 
 
 @pytest.mark.parametrize(
@@ -113,7 +108,7 @@ def test_refill_while_refilling_answers_already_refilling(server, connect):
     errors = [m for m in peer.recv_until(is_error) if is_error(m)]
     assert errors == [{"type": "error", "data": {"msg": "Already refilling ! Retry in 1 sec"}}]
     peer.recv_until()
-    assert pump_runs(server) == pytest.approx({7: 0.225}, abs=TOLERANCE)
+    assert on_times(server.controller.driver) == pytest.approx({7: 0.225}, abs=TOLERANCE)
 
 
 def test_bad_input_answers_one_error_to_the_sender_and_changes_nothing(server, connect, bad_input):
@@ -288,25 +283,16 @@ def test_state_says_whether_the_pump_hardware_is_reachable(server, connect, monk
     assert peer.recv()["data"]["hardware"] is False
 
 
-def test_pump_names_from_the_config_show_in_state_and_welcome(fast_config):
-    from conftest import Peer, close_quickly
-
-    from barmaid.drivers.simulated import SimulatedDriver
-    from barmaid.server import BarmaidServer
-
+def test_pump_names_from_the_config_show_in_state_and_welcome(fast_config, serve_config):
     pumps = tuple(p.model_copy(update={"name": "rum" if i == 0 else None}) for i, p in enumerate(fast_config.pumps))
     config = fast_config.model_copy(update={"pumps": pumps})
-    barmaid = BarmaidServer(config, SimulatedDriver([p.gpio for p in pumps]))
-    barmaid.start()
-    try:
-        peer = Peer(f"ws://127.0.0.1:{barmaid.port}/")
-        peer.send({"type": "state"})
-        assert [p["name"] for p in peer.recv()["data"]["pumps"]][:2] == ["rum", None]
-        peer.send({"type": "hello"})
-        assert peer.recv()["data"]["pumps"][0]["name"] == "rum"
-        peer.close()
-    finally:
-        close_quickly(barmaid)
+    barmaid = serve_config(config, SimulatedDriver([p.gpio for p in pumps]))
+    peer = Peer.at(barmaid.port)
+    peer.send({"type": "state"})
+    assert [p["name"] for p in peer.recv()["data"]["pumps"]][:2] == ["rum", None]
+    peer.send({"type": "hello"})
+    assert peer.recv()["data"]["pumps"][0]["name"] == "rum"
+    peer.close()
 
 
 def test_every_refused_request_is_logged_with_the_client_and_the_reason(server, connect, caplog):
@@ -334,25 +320,97 @@ def test_set_level_is_logged_with_the_client(server, connect, caplog):
 
 def test_serve_with_port_0_listens_on_a_free_port_and_logs_it(tmp_path):
     """`barmaid serve --port 0` in a subprocess: the log line names the port the system chose."""
-    import re
-    import signal
-
-    from conftest import Peer
-    from support import processes
-
-    proc = processes.spawn("serve", "--host", "127.0.0.1", "--port", "0", cwd=tmp_path, stdout=subprocess.DEVNULL)
+    process = Process("--host", "127.0.0.1", "--port", "0", cwd=tmp_path)
     try:
-        for line in proc.stderr:
-            listening = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
-            if listening:
-                break
-        port = int(listening.group(1))
-        assert port != 0
-        peer = Peer(f"ws://127.0.0.1:{port}/")
+        assert process.port != 0
+        peer = Peer.at(process.port)
         assert peer.echo("port 0") == []
         peer.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert process.stop(signal.SIGTERM)[0] == 0
     finally:
-        proc.kill()
-        proc.wait()
+        process.kill()
+
+
+# ---- faults: a client that vanishes, a data directory that fills up ------------------------
+# (Signals mid-pour and a pump daemon lost and back are drilled in test_pigpio.py and test_rgpio.py.)
+
+HALF_AND_HALF = {"type": "blend", "data": {"cup_size": 0.1, "ratios": {"0": 0.5, "1": 0.5}}}  # 50 ml at 400 ml/s
+
+
+def test_a_client_gone_mid_pour_changes_nothing_for_the_pour_or_the_others(server, connect):
+    watcher, leaver = connect(), connect()
+    leaver.send(HALF_AND_HALF)
+    leaver.recv_until(lambda m: m["type"] == "status")
+    # Vanish without a close frame: the socket is reset under the server's feet.
+    leaver.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    leaver.ws.sock.close()
+    assert_countdown(status_times(watcher.recv_until(is_final_status)), 0.125)
+    assert on_times(server.controller.driver) == {0: pytest.approx(0.125, abs=TOLERANCE), 1: pytest.approx(0.125, abs=TOLERANCE)}
+    assert eventually(lambda: len(server.transport.clients()) == 1)
+    assert server.controller.state == "idle"
+    watcher.echo("still here")
+
+
+def fill_up(store) -> None:
+    """The database may not grow by a single page: what a full SD card looks like to SQLite."""
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_a_full_data_directory_refuses_the_pour_before_anything_moves(server, connect):
+    store = server.controller.store
+    client = connect()
+    for _ in range(3):  # fill the pages the history already has
+        client.send(HALF_AND_HALF)
+        client.recv_until(is_final_status)
+    fill_up(store)
+    big = {"type": "blend", "data": {"cup_size": 0.1, "ratios": {str(p): 0.125 for p in range(8)}}}
+    refused = 0
+    for _ in range(200):  # until the pages run out
+        client.send(big)
+        reply = client.recv_until(lambda m: m["type"] == "error" or is_final_status(m))[-1]
+        if reply["type"] == "error":
+            refused += 1
+            break
+    assert refused, "the database never filled up"
+    assert "cannot write" in reply["data"]["msg"] and "barmaid.db" in reply["data"]["msg"]
+    assert "full" in reply["data"]["msg"]
+    assert server.controller.state == "idle"
+    timeline = server.controller.driver.timeline
+    assert len(timeline) % 2 == 0 and not any(server.controller.driver.is_on(p) for p in range(8))
+    assert store._db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    # Room again (the card was cleaned up): the next pour goes through.
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    client.send(HALF_AND_HALF)
+    assert status_times(client.recv_until(is_final_status))[-1] == 0
+
+
+def test_a_pour_that_cannot_be_recorded_at_its_end_still_ends_with_every_pump_off(server, connect, caplog):
+    store = server.controller.store
+    client = connect()
+    client.send(HALF_AND_HALF)
+    client.recv_until(lambda m: m["type"] == "status")
+    # The disk goes away between the start record and the end record.
+    store._db.execute("PRAGMA query_only = 1")
+    caplog.set_level(logging.ERROR, logger="barmaid.machine")
+    try:
+        assert_countdown(status_times(client.recv_until(is_final_status)), 0.125)
+        assert server.controller.state == "idle"
+        assert not any(server.controller.driver.is_on(p) for p in range(8))
+        assert any("could not be recorded" in r.getMessage() for r in caplog.records)
+    finally:
+        store._db.execute("PRAGMA query_only = 0")
+    assert store._db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    client.echo("served")
+
+
+def test_a_client_that_never_finishes_its_handshake_does_not_hold_up_a_pour(server, connect):
+    half_open = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    half_open.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    try:
+        client = connect()
+        client.send(HALF_AND_HALF)
+        assert_countdown(status_times(client.recv_until(is_final_status)), 0.125)
+    finally:
+        half_open.close()
+

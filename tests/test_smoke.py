@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import Ran, run_main
+from support.cli import Ran, run_main
 
 from barmaid.client import Client
 from barmaid.server import BarmaidServer

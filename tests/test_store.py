@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -16,20 +15,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import Peer
-from support.daemons import free_port
-from support.processes import ROOT, barmaid_process  # noqa: F401 (barmaid_process: a fixture)
-from support.rig import (
-    ask_state,
-    blend,
-    history,
-    is_state,
-    is_type,
-    levels,
-    make_rig,  # noqa: F401 (a fixture)
-    pumps_with,
-    set_level,
-)
+from support.messages import is_state, is_type
+from support.peer import Peer
+from support.processes import process_config
+from support.pumps import pumps_with
+from support.rig import ask_state, blend, history, levels, set_level
+from support.servers import free_port
 from support.timing import TOLERANCE
 
 import barmaid.store as store_module
@@ -322,14 +313,10 @@ def test_a_read_only_data_dir_refuses_a_blend_naming_the_file_and_nothing_moves(
 def test_kill_9_mid_pour_then_restart_marks_it_interrupted_and_counts_every_pour(barmaid_process, tmp_path):
     folder = tmp_path / "process-data"
     port = free_port()
-    config = {
-        "data_dir": str(folder),
-        "server": {"host": "127.0.0.1", "port": port, "status_interval": 0.05},
-        # pump 0 is slow: 30 ml take 3 s; pump 1 pours 400 ml/s.
-        "pumps": pumps_with(capacity={0: 1000.0, 1: 1000.0}, p0={"flow_ml_s": 10.0}),
-    }
+    # pump 0 is slow: 30 ml take 3 s; pump 1 pours 400 ml/s.
+    config = process_config(folder, port, pumps_with(capacity={0: 1000.0, 1: 1000.0}, p0={"flow_ml_s": 10.0}))
     process = barmaid_process(config)
-    peer = Peer(f"ws://127.0.0.1:{port}/")
+    peer = Peer.at(port)
     set_level(peer, 0, 800)
     set_level(peer, 1, 1000)
     peer.send(blend(0.1, {"1": 1}))  # completed: 100 ml
@@ -347,14 +334,13 @@ def test_kill_9_mid_pour_then_restart_marks_it_interrupted_and_counts_every_pour
     running = history(peer)[0]
     assert (running["outcome"], running["planned_ml"]) == ("running", {"0": 30.0, "1": 20.0})
     killed = time.monotonic()
-    os.kill(process.popen.pid, signal.SIGKILL)
-    assert process.popen.wait(5) == -signal.SIGKILL
+    process.crash()
 
     # The simulated pumps died with the process: nothing plays on, so the pour is counted as
     # poured up to the restart (at least up to the kill), never more than planned.
     process = barmaid_process(config)
     assert sum("cut off by a crash" in line for line in process.lines) == 1, process.lines
-    peer = Peer(f"ws://127.0.0.1:{port}/")
+    peer = Peer.at(port)
     state = ask_state(peer)
     assert (state["state"], state["action"]) == ("idle", None)
     pours = history(peer)
@@ -385,6 +371,6 @@ def test_a_garbage_database_does_not_stop_barmaid_from_starting(barmaid_process,
     process = barmaid_process({"data_dir": str(folder), "server": {"host": "127.0.0.1", "port": port}})
     assert [line for line in process.lines if FILENAME in line and "damaged" in line] != []
     assert sum(FILENAME in line for line in process.lines) == 1, process.lines
-    peer = Peer(f"ws://127.0.0.1:{port}/")
+    peer = Peer.at(port)
     assert history(peer) == []
     peer.close()

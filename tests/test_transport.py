@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import RECV_TIMEOUT, assert_countdown, close_quickly, status_times
-from support.rawws import BIG, RawClient, frame_bytes, rss_bytes, text_frame, wait_until
+from support.factories import closing_all
+from support.rawws import BIG, RawClient, frame_bytes, rss_bytes, text_frame
+from support.servers import close_quickly
+from support.timeline import assert_countdown, status_times
+from support.waiting import RECV_TIMEOUT, wait_until
 
 from barmaid import frames, transport
 from barmaid import server as server_module
-from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.frames import Frame, Opcode
-from barmaid.server import BarmaidServer
 from barmaid.transport import Transport
 
 # An exception that escapes a server thread is a failure here, not a warning.
@@ -43,48 +44,26 @@ CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = (
 @pytest.fixture
 def raw() -> Callable[..., RawClient]:
     """Opens RawClients (handshake done unless handshake=False); all closed at teardown."""
-    opened: list[RawClient] = []
+    with closing_all(RawClient, RawClient.close) as connect:
 
-    def open_client(port: int, handshake: bool = True, **options: Any) -> RawClient:
-        client = RawClient(port, **options)
-        opened.append(client)
-        return client.handshake() if handshake else client
+        def open_client(port: int, handshake: bool = True, **options: Any) -> RawClient:
+            client = connect(port, **options)
+            return client.handshake() if handshake else client
 
-    yield open_client
-    for client in opened:
-        client.close()
-
-
-@pytest.fixture
-def make_server(fast_config):
-    """Starts a BarmaidServer with simulated pumps and the given server.* settings."""
-    made: list[BarmaidServer] = []
-
-    def make(**server_settings: Any) -> BarmaidServer:
-        config = fast_config.model_copy(update={"server": fast_config.server.model_copy(update=server_settings)})
-        driver = SimulatedDriver([pump.gpio for pump in config.pumps], config.limits.max_pump_seconds)
-        made.append(BarmaidServer(config, driver))
-        made[-1].start()
-        return made[-1]
-
-    yield make
-    for server in made:
-        close_quickly(server)
+        yield open_client
 
 
 @pytest.fixture
 def start_transport():
     """Starts a bare Transport on loopback; on_message echoes the text back unless given."""
-    started: list[Transport] = []
 
     def start(on_message: Optional[Callable] = None, host: str = "127.0.0.1", **options: Any) -> Transport:
-        started.append(Transport(host, 0, on_message or (lambda client, text: client.send(text)), **options))
-        started[-1].start()
-        return started[-1]
+        transport = Transport(host, 0, on_message or (lambda client, text: client.send(text)), **options)
+        transport.start()
+        return transport
 
-    yield start
-    for started_transport in started:
-        close_quickly(started_transport)
+    with closing_all(start, close_quickly) as make:
+        yield make
 
 
 @pytest.fixture
@@ -420,9 +399,9 @@ def test_an_exception_escaping_on_message_is_logged_and_the_connection_goes_on(s
 # ---- the registry -----------------------------------------------------------------------
 
 
-def test_one_client_over_max_clients_is_refused_with_1013_and_admitted_once_one_leaves(make_server, raw):
+def test_one_client_over_max_clients_is_refused_with_1013_and_admitted_once_one_leaves(server_with, raw):
     """The library has no limit: every connection gets a thread and a place in its client list."""
-    server = make_server(max_clients=3)
+    server = server_with(max_clients=3)
     first, second, third = (raw(server.port) for _ in range(3))
     for client in (first, second, third):
         assert client.echo() == []
@@ -726,7 +705,7 @@ def limited_server(write_config):
     started: list[LimitedServer] = []
 
     def start(spare_descriptors: int, flow_ml_s: float = 400.0) -> LimitedServer:
-        from conftest import fast_pumps
+        from support.pumps import fast_pumps
 
         started.append(LimitedServer(write_config({"pumps": fast_pumps(flow_ml_s)}), spare_descriptors))
         return started[-1]

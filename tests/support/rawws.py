@@ -1,5 +1,7 @@
 """A WebSocket client written out by hand, for tests that send what no library would: the
-handshake and every frame as plain bytes, read back frame by frame."""
+handshake and every frame as plain bytes, read back frame by frame with barmaid.frames.
+
+(support.peer is the other client: the real library, for everything a GUI would do.)"""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import RECV_TIMEOUT, eventually, is_final_status
 
 from barmaid import frames
 from barmaid.frames import Frame, Opcode
+from support.messages import is_final_status
+from support.waiting import RECV_TIMEOUT
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: The echo payload of the big-frame tests: under max_message_bytes (64 KiB) once framed as JSON.
@@ -146,10 +149,3 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = RECV_TIMEOUT) -> None:
-    if not eventually(condition, timeout):
-        pytest.fail(f"not within {timeout} s: {what}")
-
-

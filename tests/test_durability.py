@@ -25,22 +25,18 @@ from typing import Any, NamedTuple, Optional
 
 import pytest
 import yaml
-from conftest import Broadcasts, Peer, eventually, is_final_status
-from fake_pigpiod import FakePigpiod
-from support.daemons import free_port
-from support.processes import ROOT, barmaid_process  # noqa: F401 (barmaid_process: a fixture)
-from support.rig import (
-    blend,
-    history,
-    is_state,
-    is_type,
-    levels,
-    make_rig,  # noqa: F401 (a fixture)
-    on_times,
-    pumps_with,
-    set_level,
-)
+from support import processes
+from support.broadcasts import Broadcasts
+from support.fake_pigpiod import FakePigpiod
+from support.messages import is_final_status, is_state, is_type
+from support.peer import Peer
+from support.processes import ROOT, process_config
+from support.pumps import pumps_with
+from support.rig import blend, history, levels, set_level
+from support.servers import free_port
+from support.timeline import on_times
 from support.timing import TOLERANCE
+from support.waiting import eventually
 
 import barmaid.store as store_module
 from barmaid.config import Config, load_config
@@ -396,7 +392,7 @@ def test_the_final_status_of_every_action_carries_its_outcome(make_rig):
 def serve_once(config: Path, *prefix: str, timeout: float = 20) -> subprocess.CompletedProcess:
     """`barmaid serve` that is expected to stop by itself."""
     return subprocess.run(
-        [*prefix, sys.executable, "-m", "barmaid", "serve", "--config", str(config)],
+        [*prefix, *processes.command("serve", "--config", str(config))],
         capture_output=True, text=True, cwd=ROOT, timeout=timeout,
     )
 
@@ -411,15 +407,11 @@ def test_a_second_barmaid_on_the_same_data_dir_exits_2_naming_it_and_never_reach
 ):
     folder = tmp_path / "shared"
     with FakePigpiod() as daemon:
-        config = {
-            "data_dir": str(folder),
-            "server": {"host": "127.0.0.1", "port": free_port(), "status_interval": 0.05},
-            "driver": {"kind": "pigpio", "host": "127.0.0.1", "port": daemon.port},
-            "pumps": pumps_with(10.0),
-        }
+        driver = {"kind": "pigpio", "host": "127.0.0.1", "port": daemon.port}
+        config = process_config(folder, free_port(), pumps_with(10.0), driver=driver)
         first = barmaid_process(config)
         first_port = config["server"]["port"]
-        peer = Peer(f"ws://127.0.0.1:{first_port}/")
+        peer = Peer.at(first_port)
         peer.send(blend(0.1, {"0": 1}))  # 10 s
         peer.recv_until(is_type("status"))
         connections = daemon._conn_seq
@@ -450,11 +442,7 @@ def test_kill_9_at_each_step_of_a_pours_record_then_restart_counts_it_once(barma
     """(kill -9 between begin and end is drilled in test_store.py.)"""
     folder = tmp_path / "killed"
     port = free_port()
-    config = {
-        "data_dir": str(folder),
-        "server": {"host": "127.0.0.1", "port": port, "status_interval": 0.05},
-        "pumps": pumps_with(capacity={0: 1000.0}, p0={"flow_ml_s": 10.0}),  # 3 ml in 0.3 s
-    }
+    config = process_config(folder, port, pumps_with(capacity={0: 1000.0}, p0={"flow_ml_s": 10.0}))  # 3 ml in 0.3 s
     url = f"ws://127.0.0.1:{port}/"
     process = barmaid_process(config)
     peer = Peer(url)
@@ -464,8 +452,7 @@ def test_kill_9_at_each_step_of_a_pours_record_then_restart_counts_it_once(barma
         """kill -9, then (the lock released) a new barmaid on the same folder."""
         nonlocal process
         peer.close()
-        os.kill(process.popen.pid, signal.SIGKILL)
-        assert process.popen.wait(5) == -signal.SIGKILL
+        process.crash()
         if blocker is not None:
             blocker.rollback()
             blocker.close()
@@ -617,20 +604,18 @@ def test_a_read_only_data_dir_exits_2_naming_it(small_disk, tmp_path):
 def test_a_disk_that_fills_mid_pour_keeps_the_end_record_and_counts_the_pour_once(small_disk, tmp_path):
     folder = small_disk.mount / "data"
     port = free_port()
-    config = write_yaml(tmp_path / "filling.yaml", {
-        "data_dir": str(folder),
-        "server": {"host": "127.0.0.1", "port": port, "status_interval": 0.05},
-        "pumps": pumps_with(capacity={0: 1000.0}, p0={"flow_ml_s": 10.0}),
-    })
+    config = write_yaml(
+        tmp_path / "filling.yaml", process_config(folder, port, pumps_with(capacity={0: 1000.0}, p0={"flow_ml_s": 10.0}))
+    )
     process = subprocess.Popen(
-        [*small_disk.enter, sys.executable, "-m", "barmaid", "serve", "--config", str(config)],
+        [*small_disk.enter, *processes.command("serve", "--config", str(config))],
         stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     try:
         for line in process.stderr:
             if "listening" in line:
                 break
-        peer = Peer(f"ws://127.0.0.1:{port}/")
+        peer = Peer.at(port)
         set_level(peer, 0, 600)
         for _ in range(3):  # pages for the history to come
             peer.send(blend(0.001, {"0": 1}))

@@ -13,24 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import assert_countdown, is_final_status, status_times
-from support.rig import (  # noqa: F401 (make_rig: a fixture)
-    SEED_TYPES,
-    Rig,
-    SeedOnly,
-    ask_state,
-    is_state,
-    is_type,
-    levels,
-    make_rig,
-    most_on_at_once,
-    on_times,
-    one_final_status,
-    pour,
-    pumps_with,
-    runs,
-    set_level,
-)
+from support.messages import is_final_status, is_state, is_type
+from support.pumps import pumps_with
+from support.rig import ask_state, levels, pour, set_level
+from support.timeline import assert_countdown, most_on_at_once, on_times, one_final_status, runs, status_times
 
 from barmaid.clock import FakeClock
 from barmaid.planning import schedule

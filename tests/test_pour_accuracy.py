@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from typing import Any, Optional
 
 import pytest
-from conftest import Peer, eventually, fast_pumps, is_final_status
-from fake_pigpiod import FakePigpiod
+from support.fake_pigpiod import FakePigpiod
+from support.messages import is_final_status
+from support.peer import Peer
+from support.pumps import fast_pumps
+from support.waiting import eventually
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.action import Action
@@ -69,9 +71,7 @@ class Bartender:
     """A client that calibrates and pours, reading the jug (`sim_poured_ml`) after each run."""
 
     def __init__(self, server: BarmaidServer) -> None:
-        self.peer = Peer(f"ws://127.0.0.1:{server.port}/")
-        # A request and its echo go out back to back: without this, Nagle holds the echo for the ACK.
-        self.peer.ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer = Peer.at(server.port)
         assert self.peer.echo("hello") == []
 
     def send(self, message: dict[str, Any]) -> dict[str, Any]:

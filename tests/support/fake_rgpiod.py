@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from support.loopback import accept_each, listen
+from support.waiting import eventually
 
 MAGIC = 0x6C67646D
 HEADER = struct.Struct("<IIHHHH")
@@ -274,12 +275,7 @@ class FakeRgpiod:
             return len(self._conns)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 1.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.002)
-        return True
+        return eventually(predicate, timeout)
 
     def _chip(self, chip: Optional[int]) -> int:
         return chip if chip is not None else next(iter(self.board.chips))

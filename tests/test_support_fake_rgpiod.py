@@ -13,7 +13,7 @@ import time
 
 import pytest
 import rgpio
-from fake_rgpiod import GBUSY, GGWX, Board, FakeRgpiod
+from support.fake_rgpiod import GBUSY, GGWX, Board, FakeRgpiod
 
 LINES = [5, 6]
 

@@ -51,7 +51,7 @@ it, when a ``second`` request follows a ``first`` on that connection;
 ``fail(cmd, code)`` answers the next ``cmd`` with an error code without
 executing it.
 
-Run ``python tests/fake_pigpiod.py --port 8888`` to use it by hand.
+Run ``cd tests && python -m support.fake_pigpiod --port 8888`` to use it by hand.
 """
 
 from __future__ import annotations
@@ -184,50 +184,30 @@ def merge_pulses(in1: list[Pulse], in2: list[Pulse]) -> tuple[list[Pulse], int, 
     """
     none = 1 << 64
     out: list[list[int]] = []
-    n1, n2 = len(in1), len(in2)
-    i1 = i2 = 0
+    streams = (in1, in2)
+    taken = [0, 0]  # pulses of each stream merged so far
+    due = [0 if stream else none for stream in streams]  # when each stream's next pulse starts
     t_now = t_max = 0
-    t1 = 0 if n1 else none
-    t2 = 0 if n2 else none
     cbs = 0
-    while (i1 < n1 or i2 < n2) and len(out) < WAVE_MAX_PULSES:
-        if t1 < t2:
-            if t_now < t1:
-                out[-1][2] += t1 - t_now
-                t_now = t1
-            on, off, d = in1[i1]
-            t1 = t_now + d
-            i1 += 1
-            t_max = max(t_max, t1)
-        elif t2 < t1:
-            if t_now < t2:
-                out[-1][2] += t2 - t_now
-                t_now = t2
-            on, off, d = in2[i2]
-            t2 = t_now + d
-            i2 += 1
-            t_max = max(t_max, t2)
-        else:
-            if t_now < t1:
-                out[-1][2] += t1 - t_now
-                t_now = t1
-            on = in1[i1][0] | in2[i2][0]
-            off = in1[i1][1] | in2[i2][1]
-            t1 = t_now + in1[i1][2]
-            t2 = t_now + in2[i2][2]
-            i1 += 1
-            i2 += 1
-            t_max = max(t_max, t1, t2)
-        if t1 <= t2:
-            delay, t_now = t1 - t_now, t1
-        else:
-            delay, t_now = t2 - t_now, t2
+    while due != [none, none] and len(out) < WAVE_MAX_PULSES:
+        first = min(due)
+        if t_now < first:
+            out[-1][2] += first - t_now
+            t_now = first
+        on = off = 0
+        for k, stream in enumerate(streams):
+            if due[k] == first:  # both streams at once: their pulses ORed into one
+                pulse_on, pulse_off, d = stream[taken[k]]
+                on, off = on | pulse_on, off | pulse_off
+                due[k] = t_now + d
+                taken[k] += 1
+                t_max = max(t_max, due[k])
+        delay, t_now = min(due) - t_now, min(due)
         out.append([on, off, delay])
         cbs += _delay_cbs(delay) + (1 if (on or off) else 0)
-        if i1 >= n1:
-            t1 = none
-        if i2 >= n2:
-            t2 = none
+        for k, stream in enumerate(streams):
+            if taken[k] >= len(stream):
+                due[k] = none
     if t_now < t_max:
         out[-1][2] += t_max - t_now
         t_now = t_max

@@ -10,9 +10,9 @@ import threading
 
 import pigpio
 import pytest
-from conftest import eventually
-from fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
+from support.fake_pigpiod import CMD_BC1, CMD_READ, CMD_WRITE, CMD_WVBSY, PI_NOT_PERMITTED, FakePigpiod
 from support.timing import allowance
+from support.waiting import eventually
 
 PUMP_A, PUMP_B, SENSOR = 17, 27, 22
 DISCONNECTED = (struct.error, OSError)  # what the client raises on a dead daemon
@@ -366,8 +366,8 @@ def test_runs_as_a_script():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_pigpiod.py")
-    proc = subprocess.Popen([sys.executable, script, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "support.fake_pigpiod", "--port", str(port)],
+                            cwd=os.path.dirname(os.path.abspath(__file__)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         clients = []
