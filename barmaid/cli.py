@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from . import __version__
-from . import commands as client_commands
 from .config import load_config
 from .errors import BarmaidError, ConfigError, StoreError
 
@@ -27,9 +26,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("barmaid")
 
 EXIT_CONFIG = 2
+#: The commands this module runs itself. Any other is a client of a running barmaid
+#: (barmaid.commands), whose imports (rich, websocket-client) would add about a third to the
+#: start-up of `serve` and `off`, so they are loaded only for a client command or the full --help.
+OWN_COMMANDS = ("serve", "off", "service", "diagram")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(with_client_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barmaid", description="Backend of a home-built cocktail machine.")
     parser.add_argument("--version", action="version", version=f"barmaid {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,13 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     diagram = commands.add_parser("diagram", help="print the state diagram drawn from states.yaml")
     diagram.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     diagram.add_argument("--output", type=Path, help="write to this file instead of standard output")
-    client_commands.add_commands(commands)  # state, watch, blend, ...: a client of a running barmaid
+    if with_client_commands:
+        from . import commands as client_commands
+
+        client_commands.add_commands(commands)  # state, watch, blend, ...: a client of a running barmaid
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top level has no option but --help and --version: a command, if any, comes first.
+    args = _parser(with_client_commands=not argv or argv[0] not in OWN_COMMANDS).parse_args(argv)
     if hasattr(args, "client_command"):
+        from . import commands as client_commands
+
         return client_commands.run(args)
     try:
         if args.command == "diagram":
