@@ -2,8 +2,14 @@
 
 The checkout may also be installed (a wheel in CI, an older copy in the virtual environment);
 a subprocess must test the code beside these tests, not that copy. `ENV` puts the checkout first
-on PYTHONPATH; conftest applies it to `os.environ` so that every child process of the suite
-(`-c` snippets and scripts too) imports the working tree's barmaid.
+on PYTHONPATH; conftest applies it to `os.environ` (`apply_env`) so that every child process of
+the suite (`-c` snippets and scripts too) imports the working tree's barmaid.
+
+`ENV` also lets Python write bytecode where PYTHONDONTWRITEBYTECODE is set (some machines set it
+to keep source trees clean): without a bytecode cache each pytest-xdist worker rewrites and
+compiles every test module again (about 4 s of CPU each on a 2-core machine), and each of the
+barmaid processes the suite starts compiles barmaid again (about 0.1 s each). The bytecode goes
+where Python puts it by default, the `__pycache__` folders .gitignore lists.
 """
 
 from __future__ import annotations
@@ -26,13 +32,22 @@ PROCESS_TIMEOUT = 20.0
 
 
 def working_tree_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` with the checkout first on PYTHONPATH."""
+    """`environ` with the checkout first on PYTHONPATH, and bytecode written."""
     rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
-    return {**environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
+    env = {key: value for key, value in environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
 
 
 #: The environment every barmaid subprocess gets.
 ENV = working_tree_env(os.environ)
+
+
+def apply_env() -> None:
+    """Makes `ENV` the environment of this process, so of the pytest-xdist workers and of every
+    child process; this process writes bytecode from now on, too."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ.update(ENV)
+    sys.dont_write_bytecode = False
 
 
 def command(*args: str) -> list[str]:
