@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import websocket
 import yaml
-from support.processes import apply_env
+from support.processes import ENV
 from websocket_server import WebsocketServer
 
 from barmaid.clock import Clock
@@ -29,7 +29,7 @@ from barmaid.protocol import schema
 from barmaid.server import BarmaidServer, event_frames
 
 #: Every child process of the suite imports the working tree's barmaid, not an installed copy.
-apply_env()
+os.environ.update(ENV)
 
 #: Longest wait for one expected message; a healthy server answers in milliseconds.
 RECV_TIMEOUT = 3.0

@@ -2,8 +2,8 @@
 
 The checkout may also be installed (a wheel in CI, an older copy in the virtual environment);
 a subprocess must test the code beside these tests, not that copy. `ENV` puts the checkout first
-on PYTHONPATH; conftest applies it to `os.environ` (`apply_env`) so that every child process of
-the suite (`-c` snippets and scripts too) imports the working tree's barmaid.
+on PYTHONPATH; conftest applies it to `os.environ` so that every child process of the suite
+(the pytest-xdist workers, `-c` snippets and scripts too) imports the working tree's barmaid.
 
 `ENV` also lets Python write bytecode where PYTHONDONTWRITEBYTECODE is set (some machines set it
 to keep source trees clean): without a bytecode cache each pytest-xdist worker rewrites and
@@ -32,22 +32,17 @@ PROCESS_TIMEOUT = 20.0
 
 
 def working_tree_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` with the checkout first on PYTHONPATH, and bytecode written."""
+    """`environ` with the checkout first on PYTHONPATH, and bytecode written (an empty
+    PYTHONDONTWRITEBYTECODE counts as unset)."""
     rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
-    env = {key: value for key, value in environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    return {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
+    env = {**environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
+    if env.get("PYTHONDONTWRITEBYTECODE"):
+        env["PYTHONDONTWRITEBYTECODE"] = ""
+    return env
 
 
 #: The environment every barmaid subprocess gets.
 ENV = working_tree_env(os.environ)
-
-
-def apply_env() -> None:
-    """Makes `ENV` the environment of this process, so of the pytest-xdist workers and of every
-    child process; this process writes bytecode from now on, too."""
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ.update(ENV)
-    sys.dont_write_bytecode = False
 
 
 def command(*args: str) -> list[str]:
