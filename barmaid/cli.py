@@ -144,6 +144,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import BarmaidServer
     from .store import Store
 
+    # The config first: a bad one stops here, before logging is set up for serving.
+    config = load_config(
+        args.config,
+        {"server": {"host": args.host, "port": args.port}, "driver": {"kind": args.driver}},
+    )
     # force=True: websocket_server calls logging.basicConfig() when imported
     # (docs/dependencies.md, "websocket-server").
     logging.basicConfig(
@@ -152,10 +157,6 @@ def _serve(args: argparse.Namespace) -> int:
         force=True,
     )
     logging.getLogger("transitions").setLevel(logging.WARNING)  # it logs every callback at INFO
-    config = load_config(
-        args.config,
-        {"server": {"host": args.host, "port": args.port}, "driver": {"kind": args.driver}},
-    )
     # The order matters: a barmaid that cannot serve (the data directory in use or unusable, the
     # port taken) must stop before it reaches the pump daemon, or it could cut another's pour.
     lock: Optional[DataDirLock] = None
