@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from . import __version__
-from . import commands as client_commands
 from .config import load_config
 from .errors import BarmaidError, ConfigError, StoreError
 
@@ -27,9 +26,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("barmaid")
 
 EXIT_CONFIG = 2
+#: The commands this module runs itself. Any other is a client of a running barmaid
+#: (barmaid.commands), whose imports (rich, websocket-client) would add about a third to the
+#: start-up of `serve` and `off`, so they are loaded only for a client command or the full --help.
+OWN_COMMANDS = ("serve", "off", "service", "diagram")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(with_client_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barmaid", description="Backend of a home-built cocktail machine.")
     parser.add_argument("--version", action="version", version=f"barmaid {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,13 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     diagram = commands.add_parser("diagram", help="print the state diagram drawn from states.yaml")
     diagram.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     diagram.add_argument("--output", type=Path, help="write to this file instead of standard output")
-    client_commands.add_commands(commands)  # state, watch, blend, ...: a client of a running barmaid
+    if with_client_commands:
+        from . import commands as client_commands
+
+        client_commands.add_commands(commands)  # state, watch, blend, ...: a client of a running barmaid
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top level has no option but --help and --version: a command, if any, comes first.
+    args = _parser(with_client_commands=not argv or argv[0] not in OWN_COMMANDS).parse_args(argv)
     if hasattr(args, "client_command"):
+        from . import commands as client_commands
+
         return client_commands.run(args)
     try:
         if args.command == "diagram":
@@ -134,6 +144,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import BarmaidServer
     from .store import Store
 
+    # The config first: a bad one stops here, before logging is set up for serving.
+    config = load_config(
+        args.config,
+        {"server": {"host": args.host, "port": args.port}, "driver": {"kind": args.driver}},
+    )
     # force=True: websocket_server calls logging.basicConfig() when imported
     # (docs/dependencies.md, "websocket-server").
     logging.basicConfig(
@@ -142,10 +157,6 @@ def _serve(args: argparse.Namespace) -> int:
         force=True,
     )
     logging.getLogger("transitions").setLevel(logging.WARNING)  # it logs every callback at INFO
-    config = load_config(
-        args.config,
-        {"server": {"host": args.host, "port": args.port}, "driver": {"kind": args.driver}},
-    )
     # The order matters: a barmaid that cannot serve (the data directory in use or unusable, the
     # port taken) must stop before it reaches the pump daemon, or it could cut another's pour.
     lock: Optional[DataDirLock] = None

@@ -46,6 +46,10 @@ MAX_ID_INTEGER = 2**53 - 1
 ENVELOPE_KEYS = ("type", "data", "id")
 #: A pump number written as JSON text: decimal, without leading zeros.
 _CANONICAL = re.compile(r"0|[1-9][0-9]{0,2}")
+#: Every model here. defer_build: pydantic builds a model's validator and serializer when it is
+#: first used, not at import; a process uses a few of these models (`barmaid serve` answering
+#: one GUI, a client command), and building all of them took a third of its start-up.
+_MODEL = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 RequestId = Union[str, int]
 
@@ -151,7 +155,7 @@ def pump_number(value: Any, limits: Limits, field: str = "pump") -> int:
 class Request(BaseModel):
     """A message from a client. `type` is the protocol's name for it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _MODEL
     type: ClassVar[str]
     #: False: the message may come without `data` (and `data` is then None).
     needs_data: ClassVar[bool] = True
@@ -474,7 +478,7 @@ class Reply(BaseModel):
     """A message to clients: `{"type": <type>, "data": <model fields>}`, and the request's "id"
     when it answers a request that had one."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _MODEL
     type: ClassVar[str]
     seed: ClassVar[bool] = False
     #: False: fields that are None are left out; True: they go out as null.
@@ -541,7 +545,7 @@ class Stopped(Reply):
 class CalibrationPoint(BaseModel):
     """One measured calibrate run, and how far the fitted law is from it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _MODEL
 
     seconds: float = Field(description="how long the pump really ran")
     ml: float = Field(description="what it poured, as given with set_flow")
@@ -550,7 +554,7 @@ class CalibrationPoint(BaseModel):
 
 
 class PumpState(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _MODEL
 
     pump: int
     name: Optional[str] = Field(None, description="what the bottle holds (pumps[i].name); null: not named")
@@ -610,7 +614,7 @@ class Done(Reply):
 
 
 class PourEntry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _MODEL
 
     id: int
     started: float = Field(description="Unix time")
@@ -631,7 +635,7 @@ class HistoryReply(Reply):
 class ServedLimits(BaseModel):
     """What requests are checked against on this server."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _MODEL
 
     pumps: int = Field(description="pump numbers go from 0 to pumps - 1")
     max_cup_size: float = Field(description="litres")

@@ -15,7 +15,9 @@ Everything runs on loopback (127.0.0.1), in processes this script starts and sto
     error and stop latency next to pigpio's;
   - barmaid with simulated pumps that start pouring 0.1 to 0.5 s late, calibrated through the
     protocol from one and from two runs, for the error of each pour in millilitres;
-  - both barmaid processes, idle, for CPU and resident memory.
+  - both barmaid processes, idle, for CPU and resident memory;
+  - `barmaid serve` started again and again, for the time and CPU to its listening line, and
+    `barmaid off` against the fake pigpio daemon (what systemd runs after every stop).
 Needs websocket-client (`pip install '.[test]'`). A watchdog ends the run if it overruns.
 """
 
@@ -78,11 +80,12 @@ class Sizes:
     stops: int
     jitter: list[tuple[float, float]]  # (status_interval, blend seconds)
     idle_seconds: float
+    starts: int  # `barmaid serve` and `barmaid off` start-ups
     deadline: float  # the watchdog's limit for the whole run
 
 
-FULL = Sizes(5, 200, 2000, 20, 500, 20, 20, [(0.1, 6.05), (1.0, 30.5)], 10.0, 900.0)
-QUICK = Sizes(1, 50, 400, 20, 50, 5, 5, [(0.1, 2.05)], 3.0, 120.0)
+FULL = Sizes(5, 200, 2000, 20, 500, 20, 20, [(0.1, 6.05), (1.0, 30.5)], 10.0, 15, 900.0)
+QUICK = Sizes(1, 50, 400, 20, 50, 5, 5, [(0.1, 2.05)], 3.0, 5, 120.0)
 
 
 # ---- small helpers ----------------------------------------------------------------------------
@@ -803,6 +806,54 @@ def bench_idle(sizes: Sizes, processes: dict[str, int], urls: dict[str, str], re
                 f"{rss:.1f} MB (peak {hwm:.1f} MB, {threads} threads)", "< 40 MB", rss < 40.0)
 
 
+# ---- 5. start-up ------------------------------------------------------------------------------
+
+
+def serve_start(workdir: Path, number: int) -> tuple[float, float]:
+    """One `python -m barmaid serve --port 0`: seconds from the spawn to its listening line, and
+    the CPU seconds it used until then."""
+    data = workdir / f"start-{number}-data"
+    env = {**os.environ, "BARMAID_DATA_DIR": str(data)}
+    argv = [sys.executable, "-m", "barmaid", "serve", "--host", "127.0.0.1", "--port", "0"]
+    started = time.perf_counter()
+    popen = subprocess.Popen(argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+    try:
+        for line in popen.stderr or ():
+            if "listening on" in line:
+                return time.perf_counter() - started, cpu_seconds(popen.pid)
+        raise RuntimeError(f"barmaid serve did not start (exit {popen.wait(5)})")
+    finally:
+        popen.terminate()
+        popen.wait(5)
+
+
+def off_run(config: Path) -> tuple[float, float]:
+    """One `python -m barmaid off --config CONFIG` to its end: seconds, and its CPU seconds."""
+    before = os.times()
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "barmaid", "off", "--config", str(config)], check=True,
+                   capture_output=True, cwd=ROOT, timeout=20)
+    took = time.perf_counter() - started
+    after = os.times()
+    return took, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def bench_startup(sizes: Sizes, workdir: Path, pigpio: dict[str, Any], res: Results) -> None:
+    """What a restart costs (systemd, a crash, every test that starts a process): imports and
+    set-up until `serve` listens, and a whole `off`."""
+    serve = [serve_start(workdir, n) for n in range(sizes.starts)]
+    config = workdir / "off.yaml"
+    config.write_text(json.dumps(pigpio))  # JSON is YAML
+    off = [off_run(config) for _ in range(sizes.starts)]
+    for key, figure, runs in (("startup_serve", "start-up: serve --port 0 to its listening line", serve),
+                              ("startup_off", "start-up: off, pigpio, to its exit", off)):
+        walls, cpus = [wall for wall, _ in runs], [cpu for _, cpu in runs]
+        res.raw[key] = {"wall_s": walls, "cpu_s": cpus}
+        res.add(key, f"{figure}, {len(runs)} runs",
+                f"p50 {statistics.median(walls) * 1e3:.0f} ms, CPU p50 {statistics.median(cpus) * 1e3:.0f} ms"
+                f" (min {min(cpus) * 1e3:.0f} ms)")
+
+
 # ---- the report -------------------------------------------------------------------------------
 
 
@@ -903,6 +954,11 @@ Everything runs on loopback (127.0.0.1) in processes `scripts/bench.py` starts a
   pump. It runs 20 times faster than real time (flows times 20, start-up times and runs divided by
   20), which changes no millilitre, since the simulated pumps pour by the times their switches were
   due; no noise: the error of the model alone.
+- **Start-up**: `python -m barmaid serve --host 127.0.0.1 --port 0` on a new data directory,
+  {starts} times: from the spawn to the line saying it listens, and the process's utime + stime at that
+  moment (`/proc/<pid>/stat`, clock ticks of 10 ms); then `python -m barmaid off` against the fake
+  pigpio daemon {starts} times, to its exit (its CPU from `os.times()`). Both are mostly imports; a loaded
+  machine stretches the wall time far more than the CPU.
 - **Idle**: after the runs, with one silent client connected to each barmaid, the process's
   utime + stime over {idle:g} s in % of one core (clock ticks of 10 ms: the resolution is shown), and
   `VmRSS` (and the peak `VmHWM`) from `/proc/<pid>/status`; for simulated pumps and for the pigpio
@@ -951,7 +1007,7 @@ def render(
         "",
         METHOD.format(block=RT_BLOCK, rt=sizes.rt_messages, warmup=sizes.warmup, reps=sizes.reps,
                       clients=sizes.tp_clients, per=sizes.tp_messages, pours=sizes.pours, stops=sizes.stops,
-                      idle=sizes.idle_seconds),
+                      idle=sizes.idle_seconds, starts=sizes.starts),
         f"{RUNS_MARK} {json.dumps(runs)} -->",
         "",
     ]
@@ -1047,6 +1103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        {"simulated": sim_url, "pigpio": pig_url, "rgpio": rg_url}, res)
             res.add("rss_bare", "resident memory, bare websocket-server echo (for scale)",
                     f"{res.raw['rss_bare_mb']:.1f} MB")
+
+            print("5. start-up of serve and off", flush=True)
+            bench_startup(sizes, workdir, pigpio, res)
         except BaseException:
             for process in list(Process.live):
                 print(f"--- {process.name} (last lines) ---\n{process.tail()}", file=sys.stderr)

@@ -29,8 +29,9 @@ from barmaid.drivers.simulated import SimulatedDriver
 from barmaid.machine import Controller
 from barmaid.server import BarmaidServer
 
-#: Every child process of the suite imports the working tree's barmaid, not an installed copy.
-os.environ["PYTHONPATH"] = environment()["PYTHONPATH"]
+#: Every child process of the suite imports the working tree's barmaid, not an installed copy, and
+#: writes bytecode (support.processes says why).
+os.environ.update(environment())
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

@@ -1,4 +1,8 @@
-"""The `barmaid` command, run from the working tree in a subprocess: diagram, config errors, serve."""
+"""The `barmaid` command, run from the working tree in a subprocess: diagram, config errors, serve.
+
+What a process adds (an exit status, signals, a port) is checked in one; the variations of the
+same path (more config errors, diagram --output) call `barmaid.cli.main` in this process.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,12 @@ from typing import Optional
 import pytest
 import websocket
 from support import processes
+from support.cli import run_main
 from support.factories import closing_all
 from support.processes import Process
 from support.servers import free_port
+
+from barmaid.cli import main
 
 barmaid = processes.run
 
@@ -56,9 +63,9 @@ def test_diagram_prints_a_mermaid_state_diagram_of_idle_blending_refilling(tmp_p
         assert "finish" in back and "abort" in back
 
 
-def test_diagram_output_writes_the_same_diagram_to_a_file(tmp_path):
-    printed = barmaid("diagram", cwd=tmp_path).stdout
-    result = barmaid("diagram", "--output", "states.mmd", cwd=tmp_path)
+def test_diagram_output_writes_the_same_diagram_to_a_file(tmp_path, capsys):
+    printed = run_main(main, ["diagram"], capsys).stdout
+    result = run_main(main, ["diagram", "--output", str(tmp_path / "states.mmd")], capsys)
     assert result.returncode == 0 and result.stdout == ""
     assert (tmp_path / "states.mmd").read_text(encoding="utf-8").strip() == printed.strip()
 
@@ -75,11 +82,17 @@ def test_diagram_output_writes_the_same_diagram_to_a_file(tmp_path):
     ],
     ids=["unknown-key", "out-of-range", "duplicate-gpio"],
 )
-def test_serve_with_a_bad_config_exits_2_naming_the_key(write_config, tmp_path, text, says):
-    result = barmaid("serve", "--config", str(write_config(text, "bad.yaml")), cwd=tmp_path)
+def test_serve_with_a_bad_config_exits_2_naming_the_key(write_config, capsys, text, says):
+    result = run_main(main, ["serve", "--config", str(write_config(text, "bad.yaml"))], capsys)
     assert result.returncode == 2
     assert "configuration error" in result.stderr and says in result.stderr, result.stderr
-    assert "listening" not in result.stderr
+
+
+def test_serve_with_a_bad_config_in_a_process_exits_2_before_it_listens(write_config, tmp_path):
+    result = barmaid("serve", "--config", str(write_config("server:\n  prot: 9000\n", "bad.yaml")), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "configuration error: " in result.stderr and "unknown key 'server.prot'" in result.stderr, result.stderr
+    assert "listening" not in result.stderr and "Traceback" not in result.stderr
 
 
 # ---- serve: running and stopping ------------------------------------------------------------

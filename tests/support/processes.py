@@ -8,6 +8,12 @@ process of the suite (`-c` snippets and scripts too) imports the working tree's 
 The environment is read when a process starts, not when this module is imported: a child must
 see what the test set, above all its own BARMAID_DATA_DIR (conftest's `data_dir`), or it would
 keep its database and lock in the user's data directory, shared with every other test.
+
+The environment also lets Python write bytecode where PYTHONDONTWRITEBYTECODE is set (some
+machines set it to keep source trees clean): without a bytecode cache each pytest-xdist worker
+rewrites and compiles every test module again (about 4 s of CPU each on a 2-core machine), and each
+of the barmaid processes the suite starts compiles barmaid again (about 0.1 s each). The bytecode
+goes where Python puts it by default, the `__pycache__` folders .gitignore lists.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ PROCESS_TIMEOUT = 20.0
 
 def environment() -> dict[str, str]:
     """The environment a barmaid subprocess gets: this process's, as the test has it now, with
-    the checkout first on PYTHONPATH."""
+    the checkout first on PYTHONPATH and bytecode written (an empty PYTHONDONTWRITEBYTECODE
+    counts as unset)."""
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
+    if env.get("PYTHONDONTWRITEBYTECODE"):
+        env["PYTHONDONTWRITEBYTECODE"] = ""
+    return env
 
 
 def process_config(data_dir: Path, port: int, pumps: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
