@@ -139,6 +139,8 @@ def test_a_client_that_stops_reading_holds_up_no_status_nor_the_pour_and_is_drop
     in_flight = largest_send_buffer() // len(BIG) + 20
     # The stuck client must outlive the pour below; it is dropped only once its queue overflows.
     monkeypatch.setattr(transport, "SEND_QUEUE", max(transport.SEND_QUEUE, 2 * in_flight + 64))
+    # Dropped for its queue, not for a socket that took nothing for SEND_TIMEOUT (a busy machine).
+    monkeypatch.setattr(transport, "SEND_TIMEOUT", 60.0)
     stuck, watcher = raw(server.port, rcvbuf=4096), raw(server.port)
     flood = text_frame({"type": "echo", "data": BIG})
     for _ in range(in_flight):
