@@ -7,6 +7,7 @@ the wave thread's 20 ms pass, queued waves, error codes) and the fakes' faults.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import socket
 import struct
 import time
@@ -40,7 +41,9 @@ def connect(daemon):
         atexit.unregister(sbc.stop)
         if sbc._notify is not None:
             sbc._notify.go = False  # else it spins once the daemon is gone
-            sbc._notify.sl.s.shutdown(socket.SHUT_RDWR)
+            # A daemon that is already gone may have reset the socket: ENOTCONN, nothing to wake.
+            with contextlib.suppress(OSError):
+                sbc._notify.sl.s.shutdown(socket.SHUT_RDWR)
         if sbc.sl.s is not None:
             sbc.sl.s.close()
 
