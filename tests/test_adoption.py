@@ -22,6 +22,7 @@ from support.messages import is_final_status
 from support.peer import Peer
 from support.processes import serving
 from support.timeline import status_times
+from support.timing import TIME_FACTOR
 
 import barmaid.drivers.daemon as daemon_driver
 from barmaid.config import DEFAULT_GPIOS, load_config
@@ -29,9 +30,10 @@ from barmaid.drivers import make_driver
 from barmaid.errors import PumpsUnavailable
 from barmaid.server import BarmaidServer
 
-#: ml per pump at FLOW ml/s: a pour long enough to outlive a restart of barmaid.
+#: ml per pump at FLOW ml/s: a pour long enough to outlive a restart of barmaid (2.5 s; longer
+#: where BARMAID_TEST_TIME_FACTOR says the machine is slower, as a restart is then).
 FLOW = 100.0
-ML = 250.0
+ML = 250.0 * TIME_FACTOR
 SECONDS = ML / FLOW
 CAPACITY = 1000.0
 #: How far a pump's on-time on the daemon may be from the plan (the restart must not cut it).

@@ -11,8 +11,10 @@ from typing import Callable
 
 import pytest
 
-#: Longest wait for one expected message or condition.
-RECV_TIMEOUT = 3.0
+from support.timing import TIME_FACTOR
+
+#: Longest wait for one expected message or condition (5 s, times BARMAID_TEST_TIME_FACTOR).
+RECV_TIMEOUT = 5.0 * TIME_FACTOR
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = RECV_TIMEOUT) -> bool:
