@@ -37,6 +37,7 @@ from .protocol import (
     Status,
     Welcome,
     build,
+    build_request_models,
     echo_frame,
     read_frame,
     request_model,
@@ -82,6 +83,7 @@ class BarmaidServer:
             clock: what the controller times actions by (default: the real one); the driver's
                 must agree with it.
         """
+        build_request_models()
         self.config = config
         self.limits = Limits.from_config(config)
         self.transport = Transport(

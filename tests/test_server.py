@@ -11,11 +11,14 @@ import json
 import logging
 import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 from support.messages import is_final_status
 from support.peer import Peer
-from support.processes import Process
+from support.processes import PROCESS_TIMEOUT, Process, environment
+from support.pumps import fast_pumps
 from support.timeline import assert_countdown, on_times, status_times
 from support.timing import TOLERANCE
 from support.waiting import eventually
@@ -414,3 +417,29 @@ def test_a_client_that_never_finishes_its_handshake_does_not_hold_up_a_pour(serv
     finally:
         half_open.close()
 
+
+
+
+def test_every_request_model_is_built_before_the_server_listens(write_config, tmp_path):
+    """pydantic builds a deferred model at its first use, ~35 ms for the first one: a server that
+    left that to the first frame would make a GUI's first stop wait for it before the pumps go off.
+    In a process of its own: in this one, earlier tests have built the models already."""
+    config = write_config({"pumps": fast_pumps(), "server": {"host": "127.0.0.1", "port": 0}})
+    script = (
+        "import sys\n"
+        "from barmaid import protocol\n"
+        "from barmaid.config import load_config\n"
+        "from barmaid.drivers.simulated import SimulatedDriver\n"
+        "from barmaid.server import BarmaidServer\n"
+        "config = load_config(sys.argv[1])\n"
+        "server = BarmaidServer(config, SimulatedDriver.for_config(config))\n"
+        "server.start()\n"
+        "print(sorted(t for t, m in protocol.REQUESTS.items() if not m.__pydantic_complete__))\n"
+        "server.close()\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script, str(config)], capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+        env=environment(), cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]"
