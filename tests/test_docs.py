@@ -30,6 +30,14 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
+def test_ci_builds_a_fresh_virtual_environment_before_it_tests():
+    """What an earlier run installed (an editable copy, older dependencies) must not be tested."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    removed = lines.index("rm -rf .venv")
+    created = next(i for i, line in enumerate(lines) if line.startswith("python3 -m venv .venv"))
+    assert removed < created
+
+
 def test_the_example_config_for_the_pi_loads_and_keeps_its_data_where_the_service_can_write():
     from barmaid.config import load_config
 
